@@ -1,0 +1,237 @@
+"""The one interface every learner implements, and the one place that batches tasks.
+
+A `MetaLearner` acts on ONE task. `make_meta_step` is the only code in the
+library that maps a learner over a batch of tasks; how it does so (`vmap`,
+`lax.map`, chunked `vmap`, or tasks unrolled inside one `jit`) is a strategy
+chosen per backend and model by measurement, never by the algorithm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metalearn import episodes as ep
+from metalearn.types import MetaParams, Metrics, PRNGKey, PyTree, TaskParams
+
+InitFn = Callable[[PRNGKey, ep.Episode], MetaParams]
+AdaptFn = Callable[..., TaskParams]  # (theta, support, key, num_steps=None) -> task params
+MetaLossFn = Callable[[MetaParams, ep.Episode, PRNGKey], tuple[jax.Array, Metrics]]
+PredictFn = Callable[[TaskParams, jax.Array], jax.Array]
+EvaluateFn = Callable[[MetaParams, ep.Episode, PRNGKey], Metrics]
+MetaGradFn = Callable[[MetaParams, ep.Episode, PRNGKey], tuple[MetaParams, Metrics]]
+
+
+class MetaLearner(NamedTuple):
+  """A meta-learning algorithm as pure functions of ONE task.
+
+  Attributes:
+    init: `(key, episode) -> theta`, the meta-parameters.
+    adapt: `(theta, support, key, num_steps=None) -> task_params`. `num_steps`
+      overrides the number of inner steps where the method has any (a static
+      Python int); methods without inner steps ignore it.
+    meta_loss: `(theta, episode, key) -> (loss, metrics)`; `jax.grad` of it is
+      the meta-gradient unless `meta_grad` is given.
+    predict: `(task_params, x [n, ...]) -> outputs [n, d]`.
+    evaluate: `(theta, episode, key) -> metrics`, scalars named `name@k` for the
+      query metric after k inner steps (e.g. `mse@10`).
+    meta_grad: optional `(theta, episode, key) -> (grad_like_theta, metrics)`
+      for estimators that are not the gradient of `meta_loss` (Reptile).
+    name: a short name for logs.
+  """
+
+  init: InitFn
+  adapt: AdaptFn
+  meta_loss: MetaLossFn
+  predict: PredictFn
+  evaluate: EvaluateFn
+  meta_grad: MetaGradFn | None = None
+  name: str = ""
+
+
+class MetaTrainState(NamedTuple):
+  """Everything a training run carries from one meta-step to the next."""
+
+  step: jax.Array  # [] int32, meta-steps taken (skipped ones included)
+  theta: MetaParams
+  opt_state: optax.OptState
+  rng: jax.Array  # [2] uint32 base key; step keys are fold_in(rng, step)
+
+
+STRATEGIES = ("vmap", "map", "unroll", "chunk:N")
+
+
+def _check_strategy(strategy: str) -> None:
+  if strategy in ("vmap", "map", "unroll"):
+    return
+  if strategy.startswith("chunk:") and strategy[6:].isdigit() and int(strategy[6:]) > 0:
+    return
+  raise ValueError(f"strategy must be one of {STRATEGIES} (N > 0), got {strategy!r}")
+
+
+def batch_over_tasks(fn: Callable[..., Any], strategy: str = "vmap") -> Callable[..., Any]:
+  """Maps a one-task function over the task axis: the library's only such place.
+
+  Args:
+    fn: `(theta, episode, key) -> outputs` for one task.
+    strategy: `vmap` (one batched program), `map` (`lax.map`, one task at a
+      time), `unroll` (a Python loop inside the trace: T copies of the program,
+      which XLA:CPU runs fastest for convolutional MAML) or `chunk:N` (`vmap`
+      over N tasks at a time, `lax.map` over the chunks).
+
+  Returns:
+    `(theta, episodes [T, ...], keys [T, 2]) -> outputs stacked on a leading T axis`.
+  """
+  _check_strategy(strategy)
+
+  def batched(theta, episodes, keys):
+    if strategy == "vmap":
+      return jax.vmap(fn, in_axes=(None, 0, 0))(theta, episodes, keys)
+    if strategy == "map":
+      return jax.lax.map(lambda a: fn(theta, *a), (episodes, keys))
+    t = keys.shape[0]
+    if strategy == "unroll":
+      outs = [fn(theta, ep.task(episodes, i), keys[i]) for i in range(t)]
+      return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+    n = int(strategy[6:])
+    if t % n:
+      raise ValueError(f"strategy {strategy!r} needs a task count divisible by {n}, got {t}")
+    chunked = jax.tree_util.tree_map(lambda a: a.reshape(t // n, n, *a.shape[1:]), (episodes, keys))
+    out = jax.lax.map(lambda a: jax.vmap(fn, in_axes=(None, 0, 0))(theta, *a), chunked)
+    return jax.tree_util.tree_map(lambda a: a.reshape(t, *a.shape[2:]), out)
+
+  return batched
+
+
+def init_state(
+  learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey, episode: ep.Episode
+) -> MetaTrainState:
+  """Initialises theta from one (unbatched) example episode, and the optimizer."""
+  init_key, rng = jax.random.split(key)
+  theta = learner.init(init_key, episode)
+  return MetaTrainState(jnp.zeros([], jnp.int32), theta, optimizer.init(theta), rng)
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_meta_step(
+  learner: MetaLearner, optimizer: optax.GradientTransformation, *, strategy: str = "vmap"
+) -> Callable[[MetaTrainState, ep.Episode], tuple[MetaTrainState, Metrics]]:
+  """Builds the meta-step: mean meta-loss over a batch of tasks, its gradient, an update.
+
+  The update is applied only when the loss and every gradient entry are
+  finite; otherwise theta and the optimizer state are kept and
+  `metrics["nonfinite"]` is 1, so a caller can stop or count (see training).
+
+  Args:
+    learner: the algorithm.
+    optimizer: the outer (meta) optimizer.
+    strategy: how to batch tasks (see `batch_over_tasks`).
+
+  Returns:
+    `step(state, episodes [T, ...]) -> (state, metrics)`, pure, ready for `jax.jit`.
+  """
+  _check_strategy(strategy)
+
+  def mean_loss(theta, episodes, keys):
+    losses, metrics = batch_over_tasks(learner.meta_loss, strategy)(theta, episodes, keys)
+    return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, metrics)
+
+  def step(state: MetaTrainState, episodes: ep.Episode) -> tuple[MetaTrainState, Metrics]:
+    ep.check_episode(episodes, batched=True)
+    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), ep.num_tasks(episodes))
+    if learner.meta_grad is None:
+      (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(
+        state.theta, episodes, keys
+      )
+    else:
+      grads, metrics = batch_over_tasks(learner.meta_grad, strategy)(state.theta, episodes, keys)
+      grads, metrics = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), (grads, metrics))
+      loss = metrics["loss"]
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.theta)
+    theta = optax.apply_updates(state.theta, updates)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+    metrics = {
+      **metrics,
+      "loss": loss,
+      "grad_norm": optax.global_norm(grads),
+      "nonfinite": 1.0 - finite.astype(jnp.float32),
+    }
+    new_state = MetaTrainState(
+      state.step + 1, keep(theta, state.theta), keep(opt_state, state.opt_state), state.rng
+    )
+    return new_state, metrics
+
+  return step
+
+
+def make_eval_step(learner: MetaLearner, *, strategy: str = "vmap") -> Callable[..., Metrics]:
+  """`(theta, episodes [T, ...], key) -> metrics [T]`: per-task evaluation metrics."""
+
+  def eval_step(theta, episodes, key):
+    ep.check_episode(episodes, batched=True)
+    keys = jax.random.split(key, ep.num_tasks(episodes))
+    return batch_over_tasks(learner.evaluate, strategy)(theta, episodes, keys)
+
+  return eval_step
+
+
+def summarize(values: dict[str, np.ndarray]) -> dict[str, dict[str, float | int]]:
+  """Mean and 95% confidence interval of per-task values, counting non-finite ones.
+
+  Non-finite values are left out of the mean and counted in `nonfinite`; they
+  are never averaged in silently.
+
+  Args:
+    values: metric name -> `[N]` per-task values.
+
+  Returns:
+    name -> `{"mean", "ci95", "n", "nonfinite"}` where `n` counts the finite
+    values and `ci95 = 1.96 * std / sqrt(n)` (sample std).
+  """
+  out = {}
+  for name, v in values.items():
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    finite = v[np.isfinite(v)]
+    n = int(finite.size)
+    mean = float(finite.mean()) if n else math.nan
+    ci95 = float(1.96 * finite.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    out[name] = {"mean": mean, "ci95": ci95, "n": n, "nonfinite": int(v.size - n)}
+  return out
+
+
+def evaluate(
+  eval_step: Callable[..., Metrics],
+  theta: MetaParams,
+  batches: Iterable[ep.Episode],
+  key: PRNGKey,
+) -> dict[str, dict[str, float | int]]:
+  """Evaluates theta on held-out episodes: mean ± 95% CI per metric.
+
+  Args:
+    eval_step: from `make_eval_step` (jit it once and reuse it).
+    theta: meta-parameters.
+    batches: batches of held-out episodes `[T, ...]`.
+    key: PRNG key; batch i uses `fold_in(key, i)`.
+
+  Returns:
+    See `summarize`.
+  """
+  collected: dict[str, list[np.ndarray]] = {}
+  for i, batch in enumerate(batches):
+    metrics = jax.device_get(eval_step(theta, batch, jax.random.fold_in(key, i)))
+    for name, v in metrics.items():
+      collected.setdefault(name, []).append(np.asarray(v))
+  if not collected:
+    raise ValueError("evaluate needs at least one batch of episodes")
+  return summarize({k: np.concatenate(v) for k, v in collected.items()})
