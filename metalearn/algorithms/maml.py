@@ -149,7 +149,9 @@ def metasgd(
     eval_steps=eval_steps,
     objective=objective,
     remat=remat,
-    init_extra=lambda fast: {"lr": jax.tree_util.tree_map(lambda p: jnp.full_like(p, inner_lr), fast)},
+    init_extra=lambda fast: {
+      "lr": jax.tree_util.tree_map(lambda p: jnp.full_like(p, inner_lr), fast)
+    },
     precondition=lambda theta: functools.partial(jax.tree_util.tree_map, jnp.multiply, theta["lr"]),
   )
 
@@ -243,7 +245,10 @@ def metacurvature(
 
   def precondition(theta):
     return lambda grads: jax.tree_util.tree_map(
-      curvature_transform, grads, theta["curvature"], is_leaf=lambda x: isinstance(x, jax.Array)
+      curvature_transform,
+      grads,
+      theta["curvature"],
+      is_leaf=lambda x: isinstance(x, jax.Array),
     )
 
   return _learner(

@@ -44,7 +44,10 @@ class Sinusoid:
 
   def tasks(self, rng: np.random.Generator, num_tasks: int) -> tuple[np.ndarray, np.ndarray]:
     """Draws task parameters: amplitudes `[T]` and phases `[T]`."""
-    return (rng.uniform(*self.amplitude, size=num_tasks), rng.uniform(*self.phase, size=num_tasks))
+    return (
+      rng.uniform(*self.amplitude, size=num_tasks),
+      rng.uniform(*self.phase, size=num_tasks),
+    )
 
   @staticmethod
   def function(amplitude, phase, x):

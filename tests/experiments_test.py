@@ -1,0 +1,112 @@
+"""The absl binary and train_and_evaluate: smoke runs, bad input, workdir safety."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import train
+from experiments.configs import sinusoid
+from metalearn import algorithms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "experiments", "configs", "sinusoid.py")
+
+
+def _binary(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.meta_train", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
+
+
+def test_smoke_config_through_binary(tmp_path):
+  workdir = tmp_path / "run"
+  out = _binary(f"--config={CONFIG}:smoke", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.loads((workdir / "eval.json").read_text())
+  assert set(report["metrics"]) == {"mse@0", "mse@1", "mse@10"}
+  assert report["step"] == 20
+  assert (workdir / "sinusoid.png").stat().st_size > 10_000
+  assert (workdir / "baseline" / "eval.json").exists()
+  assert "[maml] step 20/20" in out.stdout
+
+
+@pytest.mark.parametrize("method", sorted(algorithms.REGISTRY))
+def test_every_method_smoke(tmp_path, method):
+  config = sinusoid.get_config("smoke")
+  with config.unlocked():
+    config.method, config.baseline, config.num_steps = method, False, 6
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert {"mse@0", "mse@1", "mse@10"} == set(summary)
+  assert all(v["n"] + v["nonfinite"] == config.num_eval_tasks for v in summary.values())
+
+
+@pytest.mark.parametrize(
+  "flag, fragment",
+  [
+    ("--config.method=foo", "--config.method='foo': unknown method"),
+    ("--config.shots=0", "--config.shots=0"),
+    ("--config.inner_lr=-0.1", "--config.inner_lr=-0.1"),
+    ("--config.outer_lr=0.0", "--config.outer_lr=0.0"),
+    ("--config.num_steps=-1", "--config.num_steps=-1"),
+    ("--config.inner_steps=-2", "--config.inner_steps=-2"),
+  ],
+)
+def test_bad_config_fails_in_one_line_before_anything(tmp_path, flag, fragment):
+  config = sinusoid.get_config("smoke")
+  name, value = flag[len("--config.") :].split("=")
+  with config.unlocked():
+    config[name] = type(config[name])(value) if config[name] is not None else int(value)
+  with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+    train.validate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_binary_bad_flag_is_one_line_and_touches_nothing(tmp_path):
+  out = _binary(f"--config={CONFIG}:smoke", f"--workdir={tmp_path / 'run'}", "--config.method=nope")
+  assert out.returncode != 0
+  lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+  assert lines == [lines[-1]] and "--config.method='nope'" in lines[-1]
+  assert not (tmp_path / "run").exists()
+
+
+def test_workdir_is_a_file(tmp_path):
+  path = tmp_path / "f"
+  path.write_text("x")
+  with pytest.raises(ValueError, match="not a directory"):
+    train.validate(sinusoid.get_config("smoke"), str(path))
+
+
+def test_other_run_in_workdir_is_refused_and_kept(tmp_path):
+  config = sinusoid.get_config("smoke")
+  with config.unlocked():
+    config.baseline, config.num_steps = False, 4
+  train.train_and_evaluate(config, str(tmp_path))
+  before = {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)}
+  with config.unlocked():
+    config.method = "reptile"
+  with pytest.raises(ValueError, match="method='maml'"):
+    train.validate(config, str(tmp_path))
+  assert before == {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)}
+
+
+def test_unknown_config_variant():
+  with pytest.raises(ValueError, match="variant"):
+    sinusoid.get_config("big")
+
+
+def test_readme_test_command_is_what_ci_runs():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    readme = f.read()
+  blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash")[1:3]]
+  with open(os.path.join(ROOT, ".ci", "run")) as f:
+    ci = f.read()
+  assert blocks[1] in ci
+  assert "experiments.meta_train" in blocks[0] and "sinusoid.py" in blocks[0]
