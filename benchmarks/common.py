@@ -1,0 +1,64 @@
+"""Helpers shared by the benchmarks: machine description, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+
+
+def machine() -> dict:
+  """CPU model, core count, backend and library versions, for every results table."""
+  cpu = platform.processor() or "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  import flax
+  import optax
+
+  return {
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "python": platform.python_version(),
+    "date": time.strftime("%Y-%m-%d"),
+  }
+
+
+def time_calls(fn: Callable[[], object], *, repeats: int, warmup: int = 2) -> dict:
+  """Median / min / max seconds of `fn()` (which must block until done)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return {
+    "median_s": statistics.median(times),
+    "min_s": min(times),
+    "max_s": max(times),
+    "repeats": repeats,
+  }
+
+
+def write_json(path: str | None, payload: dict) -> None:
+  """Writes the benchmark's numbers to `path` (when given)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(payload, f, indent=2)
+    print(f"wrote {path}")
