@@ -61,7 +61,7 @@ class MetaTrainState(NamedTuple):
   step: jax.Array  # [] int32, meta-steps taken (skipped ones included)
   theta: MetaParams
   opt_state: optax.OptState
-  rng: jax.Array  # [2] uint32 base key; step keys are fold_in(rng, step)
+  rng: jax.Array  # base PRNG key (as given to init_state); step keys are fold_in(rng, step)
 
 
 STRATEGIES = ("vmap", "map", "unroll", "chunk:N")
@@ -177,6 +177,7 @@ def make_meta_step(
 
 def make_eval_step(learner: MetaLearner, *, strategy: str = "vmap") -> Callable[..., Metrics]:
   """`(theta, episodes [T, ...], key) -> metrics [T]`: per-task evaluation metrics."""
+  _check_strategy(strategy)
 
   def eval_step(theta, episodes, key):
     ep.check_episode(episodes, batched=True)

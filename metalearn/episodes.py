@@ -84,10 +84,14 @@ def check_episode(episode: Episode, *, batched: bool) -> None:
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of `values [n]` over the rows where `mask [n]` is True (0 if none)."""
+  """Mean of `values [n]` over the rows where `mask [n]` is True (0 if none).
+
+  Padded rows are selected away (not multiplied by zero), so an inf or NaN in
+  a padded row cannot leak into the mean or its gradient.
+  """
   chex.assert_equal_shape([values, mask])
-  mask = mask.astype(values.dtype)
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  total = jnp.sum(jnp.where(mask, values, jnp.zeros_like(values)))
+  return total / jnp.maximum(jnp.sum(mask.astype(values.dtype)), 1.0)
 
 
 def mse(predictions: jax.Array, split: Split) -> jax.Array:
@@ -101,7 +105,9 @@ def mse(predictions: jax.Array, split: Split) -> jax.Array:
     A scalar: mean over real rows of `sum_d (pred - y)^2`.
   """
   chex.assert_equal_shape([predictions, split.y])
-  per_row = jnp.sum(jnp.square(predictions - split.y).reshape(predictions.shape[0], -1), axis=-1)
+  rows = split.mask.reshape(-1, *([1] * (predictions.ndim - 1)))
+  diff = jnp.where(rows, predictions - split.y, 0.0)
+  per_row = jnp.sum(jnp.square(diff).reshape(predictions.shape[0], -1), axis=-1)
   return masked_mean(per_row, split.mask)
 
 
@@ -109,7 +115,8 @@ def cross_entropy(logits: jax.Array, split: Split) -> jax.Array:
   """Masked softmax cross-entropy of `logits [n, classes]` against `y [n]` labels."""
   chex.assert_rank(logits, 2)
   log_p = jax.nn.log_softmax(logits)
-  nll = -jnp.take_along_axis(log_p, split.y[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  labels = jnp.where(split.mask, split.y, 0).astype(jnp.int32)  # padded labels may be anything
+  nll = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
   return masked_mean(nll, split.mask)
 
 

@@ -66,6 +66,8 @@ def gradient_descent(
     `losses[i]` is the inner loss before update i.
   """
   check_steps(num_steps)
+  if num_steps == 0:
+    return params, jnp.zeros([0]), (None if observe is None else observe(params)[None])
 
   def body(carry, _):
     phi, opt_state = carry

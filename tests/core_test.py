@@ -1,0 +1,169 @@
+"""Task-batching strategies, summaries of per-task metrics, and the non-finite guard."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from metalearn import algorithms, core
+from metalearn import episodes as ep
+from metalearn.models import Model
+
+STRATEGIES = ["vmap", "map", "unroll", "chunk:1", "chunk:2", "chunk:4"]
+
+# Tests need fast compiles, not fast code (LLVM -O0; results are the same).
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+# A tiny two-layer tanh network without flax: cheap to compile, second order is non-trivial.
+TINY_NET = Model(
+  init=lambda key, x: {
+    "w1": jax.random.normal(key, (x.shape[-1], 4)),
+    "w2": jax.random.normal(jax.random.fold_in(key, 1), (4, 1)),
+  },
+  apply=lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"],
+)
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=rtol, atol=atol), a, b)
+
+
+@pytest.fixture
+def learner():
+  return algorithms.maml(TINY_NET, inner_lr=0.05, inner_steps=2, eval_steps=(0, 2))
+
+
+@pytest.fixture
+def theta(learner, sinusoid_batch):
+  return learner.init(jax.random.key(0), ep.task(sinusoid_batch, 0))
+
+
+def _one_task_fn(theta, episode, key):
+  """A cheap one-task function whose outputs depend on theta, the episode and the key."""
+  pred = episode.support.x @ theta["w"]
+  loss = ep.mse(pred, episode.support) + jax.random.uniform(key)
+  return loss, {"pred": pred, "first_x": episode.query.x[0, 0]}
+
+
+def test_strategies_give_equal_outputs(sinusoid_batch):
+  theta = {"w": jnp.full((1, 1), 0.5)}
+  keys = jax.random.split(jax.random.key(1), 4)
+  loop = [_one_task_fn(theta, ep.task(sinusoid_batch, i), keys[i]) for i in range(4)]
+  want = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *loop)
+  assert want[0].shape == (4,) and want[1]["pred"].shape == (4, 5, 1)
+  np.testing.assert_array_equal(want[1]["first_x"], sinusoid_batch.query.x[:, 0, 0])
+  _assert_trees_close(core.batch_over_tasks(_one_task_fn)(theta, sinusoid_batch, keys), want)
+  for strategy in STRATEGIES:
+    batched = _jit(core.batch_over_tasks(_one_task_fn, strategy))
+    _assert_trees_close(batched(theta, sinusoid_batch, keys), want)
+
+
+def test_strategies_give_equal_meta_steps(learner, sinusoid_batch):
+  optimizer = optax.adam(1e-2)
+  state = core.init_state(learner, optimizer, jax.random.key(0), ep.task(sinusoid_batch, 0))
+  strategies = ("vmap", "map", "unroll", "chunk:2")
+  results = {
+    s: _jit(core.make_meta_step(learner, optimizer, strategy=s))(state, sinusoid_batch)
+    for s in strategies
+  }
+  for s in strategies:
+    new_state, metrics = results[s]
+    assert int(new_state.step) == 1 and float(metrics["nonfinite"]) == 0.0
+    np.testing.assert_array_equal(
+      jax.random.key_data(new_state.rng), jax.random.key_data(state.rng)
+    )
+    _assert_trees_close(
+      (new_state.theta, new_state.opt_state, metrics),
+      (results["vmap"][0].theta, results["vmap"][0].opt_state, results["vmap"][1]),
+    )
+
+
+@pytest.mark.parametrize("strategy", ["pmap", "chunk:0", "chunk:", "chunk:x", "chunk:-2", "Vmap"])
+def test_bad_strategy_errors(learner, strategy):
+  with pytest.raises(ValueError, match="strategy"):
+    core.batch_over_tasks(learner.meta_loss, strategy)
+  with pytest.raises(ValueError, match="strategy"):
+    core.make_meta_step(learner, optax.sgd(0.1), strategy=strategy)
+
+
+def test_eval_step_bad_strategy_errors(learner, theta, sinusoid_batch):
+  with pytest.raises(ValueError, match="strategy"):
+    core.make_eval_step(learner, strategy="chunk:0")(theta, sinusoid_batch, jax.random.key(0))
+
+
+def test_chunk_needs_divisible_task_count(learner, theta, sinusoid_batch):
+  keys = jax.random.split(jax.random.key(1), 4)
+  with pytest.raises(ValueError, match="divisible by 3"):
+    core.batch_over_tasks(learner.meta_loss, "chunk:3")(theta, sinusoid_batch, keys)
+
+
+def test_summarize_known_values():
+  vals = np.array([1.0, 2.0, 3.0, np.nan, np.inf, -np.inf])
+  out = core.summarize({"a": vals, "b": np.array([5.0]), "c": np.array([np.nan, np.inf])})
+  assert out["a"]["n"] == 3 and out["a"]["nonfinite"] == 3
+  assert out["a"]["mean"] == pytest.approx(2.0)
+  assert out["a"]["ci95"] == pytest.approx(1.96 * 1.0 / math.sqrt(3))  # sample std of 1,2,3 is 1
+  assert out["b"] == {"mean": 5.0, "ci95": out["b"]["ci95"], "n": 1, "nonfinite": 0}
+  assert math.isnan(out["b"]["ci95"])
+  assert out["c"]["n"] == 0 and out["c"]["nonfinite"] == 2 and math.isnan(out["c"]["mean"])
+
+
+def test_summarize_accepts_multi_dim_and_ints():
+  out = core.summarize({"a": np.array([[2, 4], [6, 8]])})
+  assert out["a"]["n"] == 4 and out["a"]["mean"] == pytest.approx(5.0)
+  assert out["a"]["ci95"] == pytest.approx(1.96 * np.std([2, 4, 6, 8], ddof=1) / 2)
+
+
+def test_evaluate_summarises_eval_step(learner, theta, sinusoid_batch):
+  eval_step = _jit(core.make_eval_step(learner))
+  out = core.evaluate(eval_step, theta, [sinusoid_batch, sinusoid_batch], jax.random.key(3))
+  assert set(out) == {"mse@0", "mse@2"}
+  per_task = eval_step(theta, sinusoid_batch, jax.random.key(0))
+  assert out["mse@0"]["n"] == 8 and out["mse@0"]["nonfinite"] == 0
+  np.testing.assert_allclose(out["mse@0"]["mean"], np.mean(per_task["mse@0"]), rtol=1e-5)
+  with pytest.raises(ValueError, match="at least one batch"):
+    core.evaluate(eval_step, theta, [], jax.random.key(3))
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+def test_meta_step_skips_nonfinite_update(name, sinusoid_batch):
+  learner = algorithms.get(name)(TINY_NET, inner_lr=0.05, inner_steps=1)
+  optimizer = optax.adam(1e-2)
+  state = core.init_state(learner, optimizer, jax.random.key(0), ep.task(sinusoid_batch, 0))
+  step = _jit(core.make_meta_step(learner, optimizer))
+
+  # A finite batch: one real update.
+  good, metrics = step(state, sinusoid_batch)
+  assert float(metrics["nonfinite"]) == 0.0 and np.isfinite(metrics["loss"])
+  assert int(good.step) == 1
+  moved = jax.tree_util.tree_leaves(
+    jax.tree_util.tree_map(lambda a, b: np.any(a != b), good.theta, state.theta)
+  )
+  assert any(moved)
+
+  # A real (unmasked) query target that is not finite: the update is skipped.
+  for task, bad in ((1, np.nan), (3, np.inf)):
+    y = np.array(sinusoid_batch.query.y)
+    y[task, 2, 0] = bad
+    poisoned = sinusoid_batch._replace(query=sinusoid_batch.query._replace(y=y))
+    after, metrics = step(good, poisoned)
+    assert float(metrics["nonfinite"]) == 1.0
+    assert not np.isfinite(metrics["loss"])
+    assert int(after.step) == 2
+    before = jax.tree_util.tree_leaves((good.theta, good.opt_state))
+    for a, b in zip(jax.tree_util.tree_leaves((after.theta, after.opt_state)), before, strict=True):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(jax.random.key_data(after.rng), jax.random.key_data(good.rng))
+
+
+def test_meta_step_rejects_unbatched_episode(learner, sinusoid_batch):
+  optimizer = optax.sgd(0.1)
+  one = ep.task(sinusoid_batch, 0)
+  state = core.init_state(learner, optimizer, jax.random.key(0), one)
+  with pytest.raises(ValueError, match=r"episode\.support\.mask"):
+    core.make_meta_step(learner, optimizer)(state, one)
