@@ -4,8 +4,23 @@ r"""Meta-trains one method on one task family from a config.
       --workdir=runs/sinusoid_maml [--config.method=metasgd --config.shots=5]
 
 Running the same command again resumes from the last checkpoint in --workdir.
+
+The same command runs on one CPU, one or several GPUs, a TPU, and on every
+process of a multi-host job (TPU-VM pod, SLURM cluster): there the binary first
+calls `jax.distributed.initialize()`, JAX's multi-controller runtime, when the
+launch environment asks for it (see --distributed, and launch/README.md):
+
+  # each of N processes (SLURM and TPU-VM pods fill these in themselves):
+  python -m experiments.meta_train --config=... --workdir=/shared/run \
+      --coordinator_address=host0:1234 --num_processes=N --process_id=i
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -13,13 +28,101 @@ from experiments import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", lock_config=True, help_string="config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics, eval.json)")
+_DISTRIBUTED = flags.DEFINE_enum(
+  "distributed",
+  "auto",
+  ["auto", "on", "off"],
+  "Multi-process runs (jax.distributed.initialize). auto: initialize when a coordinator, "
+  "process count or process id is given (flags or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES "
+  "/ JAX_PROCESS_ID), or under a multi-task srun or mpirun; else one process. on: always "
+  "initialize, letting JAX detect what is not given (TPU-VM pods, SLURM, Open MPI, Kubernetes). "
+  "off: one process.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)"
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "number of processes of the job (env JAX_NUM_PROCESSES)"
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "this process's index, 0..num_processes-1 (env JAX_PROCESS_ID)"
+)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def distributed_args(
+  mode: str,
+  coordinator_address: str | None,
+  num_processes: int | None,
+  process_id: int | None,
+  environ: Mapping[str, str],
+) -> dict | None:
+  """Keyword arguments for `jax.distributed.initialize`, or None for one process.
+
+  Args:
+    mode: `auto`, `on` or `off` (see the --distributed flag).
+    coordinator_address: the flag, else `JAX_COORDINATOR_ADDRESS`.
+    num_processes: the flag, else `JAX_NUM_PROCESSES`.
+    process_id: the flag, else `JAX_PROCESS_ID`.
+    environ: the environment (`os.environ`).
+
+  Returns:
+    The arguments that were given (JAX detects the others on TPU-VM pods,
+    SLURM and Open MPI), or None when the run is a single process.
+
+  Raises:
+    ValueError: for an unknown mode, a malformed variable, or distribution
+      settings under `--distributed=off`.
+  """
+  if mode not in ("auto", "on", "off"):
+    raise ValueError(f"--distributed={mode!r}: choose auto, on or off")
+
+  def from_env(value, name, kind):
+    if value is not None or not environ.get(name):
+      return value
+    try:
+      return kind(environ[name])
+    except ValueError:
+      raise ValueError(f"{name}={environ[name]!r} is not a valid {kind.__name__}") from None
+
+  args = {
+    "coordinator_address": from_env(coordinator_address, "JAX_COORDINATOR_ADDRESS", str),
+    "num_processes": from_env(num_processes, "JAX_NUM_PROCESSES", int),
+    "process_id": from_env(process_id, "JAX_PROCESS_ID", int),
+  }
+  given = {k: v for k, v in args.items() if v is not None}
+  if mode == "off":
+    if given:
+      raise ValueError(f"--distributed=off, but {', '.join(given)} given: drop one or the other")
+    return None
+  if mode == "auto" and not given:
+    srun = (
+      "SLURM_PROCID" in environ
+      and int(environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))) > 1
+    )
+    mpirun = int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    if not (srun or mpirun):
+      return None
+  return given
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep orbax quiet
+  try:
+    dist = distributed_args(
+      _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, os.environ
+    )
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  if dist is not None:  # before anything touches a device
+    jax.distributed.initialize(**dist)
+    print(
+      f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local, "
+      f"{jax.device_count()} global {jax.devices()[0].platform} devices",
+      flush=True,
+    )
   try:
     train.validate(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:

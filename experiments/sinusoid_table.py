@@ -32,7 +32,8 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "use the smoke config (a few steps)")
 def _cell(metrics, name):
   m = metrics[name]
   bad = f" ({m['nonfinite']} non-finite)" if m["nonfinite"] else ""
-  return f"{m['mean']:.3f} ± {m['ci95']:.3f}{bad}"
+  fmt = (lambda v: f"{v:.3f}") if abs(m["mean"]) < 1e3 else (lambda v: f"{v:.2g}")
+  return f"{fmt(m['mean'])} ± {fmt(m['ci95'])}{bad}"
 
 
 def main(argv):

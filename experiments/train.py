@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from metalearn import algorithms, plotting, training
+from metalearn import algorithms, parallel, plotting, training
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
 
@@ -75,6 +75,33 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
       bad("imaml_lam", "the proximal strength lambda must be > 0")
     if config.imaml_cg_steps < 1:
       bad("imaml_cg_steps", "must be >= 1")
+  for field in ("num_devices", "sample_shards"):
+    if not isinstance(config[field], int) or config[field] < 0:
+      bad(field, "must be an integer >= 0 (0: the default)")
+  available, processes = jax.device_count(), jax.process_count()
+  if config.num_devices > available or (processes > 1 and config.num_devices not in (0, available)):
+    bad(
+      "num_devices",
+      f"this job has {available} {jax.devices()[0].platform} device(s) in {processes} "
+      f"process(es); use 0 for all of them{'' if processes > 1 else f' or 1..{available}'}",
+    )
+  devices = config.num_devices or available
+  if config.meta_batch_size % devices:
+    fits = max(d for d in range(1, devices + 1) if config.meta_batch_size % d == 0)
+    multiple = -(-config.meta_batch_size // devices) * devices
+    fewer = f"; or use fewer devices (e.g. --config.num_devices={fits})" if processes == 1 else ""
+    bad(
+      "meta_batch_size",
+      f"the meta-batch is sharded over {devices} {jax.devices()[0].platform} devices and "
+      f"must be a multiple of {devices} (e.g. --config.meta_batch_size={multiple}){fewer}",
+    )
+  pieces = config.sample_shards or processes
+  if pieces % processes or config.meta_batch_size % pieces:
+    bad(
+      "sample_shards",
+      f"must be a multiple of the {processes} processes and divide "
+      f"--config.meta_batch_size={config.meta_batch_size}",
+    )
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir}: exists and is not a directory")
   saved = os.path.join(workdir, "config.json")
@@ -137,6 +164,8 @@ def _train(config, workdir, method, *, verbose=True):
     strategy=config.strategy,
     on_nonfinite=config.on_nonfinite,
     verbose=verbose,
+    mesh=parallel.make_mesh(config.num_devices),
+    sample_shards=config.sample_shards or None,
   )
   return learner, result
 
@@ -170,25 +199,29 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
 
   Writes into `workdir`: `checkpoints/`, `metrics.jsonl`, `tensorboard/`,
   `eval.json`, `config.json`, `sinusoid.png`, and (when `config.baseline`) the
-  pretrained baseline's run under `baseline/`.
+  pretrained baseline's run under `baseline/`. On a multi-process job every
+  process calls this; checkpoints are written collectively and process 0
+  alone writes the other files.
   """
   validate(config, workdir)
   os.makedirs(workdir, exist_ok=True)
-  training.write_json_atomic(
-    os.path.join(workdir, "config.json"), {**json.loads(config.to_json()), **_identity(config)}
-  )
+  if parallel.is_primary():
+    training.write_json_atomic(
+      os.path.join(workdir, "config.json"), {**json.loads(config.to_json()), **_identity(config)}
+    )
   learner, result = _train(config, workdir, config.method)
   runs = {
     config.method.upper() if config.method != "pretrain" else "pretrained": (
       learner,
-      result.state.theta,
+      parallel.fetch(result.state.theta),
       (0, 1, 10),
     )
   }
   if config.baseline and config.method != "pretrain":
     base_learner, base = _train(config, os.path.join(workdir, "baseline"), "pretrain")
-    runs["pretrained"] = (base_learner, base.state.theta, (0, 10))
-  path = os.path.join(workdir, "sinusoid.png")
-  sinusoid_figure(config, path, runs)
-  print(f"wrote {os.path.join(workdir, 'eval.json')} and {path}", flush=True)
+    runs["pretrained"] = (base_learner, parallel.fetch(base.state.theta), (0, 10))
+  if parallel.is_primary():
+    path = os.path.join(workdir, "sinusoid.png")
+    sinusoid_figure(config, path, runs)
+    print(f"wrote {os.path.join(workdir, 'eval.json')} and {path}", flush=True)
   return result.eval_summary

@@ -7,6 +7,13 @@ a checkpoint sees exactly the data and randomness it would have seen had it
 not stopped. Checkpoints are orbax checkpoints under `<workdir>/checkpoints`
 (written to a temporary folder and renamed when complete); a run started again
 in the same workdir resumes from the newest readable one.
+
+Devices: the meta-batch is sharded along the task axis of a device mesh
+(`metalearn.parallel`; by default every device of the job) and the state is
+replicated, so one, eight or a pod's worth of devices run the same loop. On a
+multi-process job (`jax.distributed.initialize()` called by the binary) each
+process draws only its own tasks (see `sample_shards`), checkpoints are written
+collectively, and only process 0 writes logs, metrics and `eval.json`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from metalearn import core
+from metalearn import core, parallel
 from metalearn import episodes as ep
 
 Sampler = Callable[[np.random.Generator, int], ep.Episode]
@@ -33,9 +40,18 @@ Sampler = Callable[[np.random.Generator, int], ep.Episode]
 TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 1, 2, 3
 
 
-def episode_rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
-  """The numpy generator for episode batch `index` of a stream (train/val/test)."""
-  return np.random.default_rng([seed, stream, index])
+def episode_rng(
+  seed: int, stream: int, index: int = 0, piece: int | None = None
+) -> np.random.Generator:
+  """The numpy generator for episode batch `index` of a stream (train/val/test).
+
+  A batch drawn in several pieces (one per process on a multi-host job) seeds
+  piece j with `[seed, stream, index, j]`; a batch drawn whole with `[seed,
+  stream, index]`.
+  """
+  return np.random.default_rng(
+    [seed, stream, index] if piece is None else [seed, stream, index, piece]
+  )
 
 
 class MetricWriter:
@@ -44,9 +60,14 @@ class MetricWriter:
   Args:
     workdir: run folder.
     resume_step: when resuming, lines and events after this step are dropped
-      so the logs read as one uninterrupted run.
+      so the logs read as one uninterrupted run (a line cut short by a killed
+      job is dropped too).
     verbose: print to the terminal.
     tensorboard: write TensorBoard events under `<workdir>/tensorboard`.
+
+  Attributes:
+    last: name -> the latest value of each metric in the lines kept on resume
+      (empty on a fresh run), e.g. the count of skipped non-finite steps.
   """
 
   def __init__(
@@ -59,11 +80,15 @@ class MetricWriter:
   ):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.verbose = verbose
+    self.last: dict[str, float] = {}
     if resume_step is not None and os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-      with open(self.path, "w") as f:
+        kept = [line for line in f if _step_of(line) <= resume_step]
+      for line in kept:
+        self.last.update(json.loads(line))
+      with open(self.path + ".tmp", "w") as f:
         f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
     elif resume_step is None and os.path.exists(self.path):
       os.remove(self.path)
     self._file = open(self.path, "a")  # noqa: SIM115 (closed in close())
@@ -93,6 +118,29 @@ class MetricWriter:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _step_of(line: str) -> float:
+  """The step of a metrics.jsonl line; a line cut short by a killed job counts as never."""
+  try:
+    return json.loads(line)["step"] if line.endswith("\n") else math.inf
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+
+class _NullWriter:
+  """What processes other than 0 write: nothing."""
+
+  last: dict[str, float] = {}  # noqa: RUF012 (never written)
+
+  def write(self, step: int, metrics: dict[str, float], *, prefix: str = "") -> None:
+    del step, metrics, prefix
+
+  def log(self, message: str) -> None:
+    del message
+
+  def close(self) -> None:
+    pass
 
 
 class TrainResult(NamedTuple):
@@ -133,7 +181,7 @@ def _restore_latest(
 
   A checkpoint that fails to read is renamed `<step>.unreadable` (kept for
   inspection, never loaded again) when `set_aside`, so training can write that
-  step anew.
+  step anew; on several processes, process 0 renames it while the others wait.
   """
   for step in sorted(manager.all_steps(), reverse=True):
     try:
@@ -144,8 +192,11 @@ def _restore_latest(
         f"{str(e)[:200]}); trying an older one"
       )
       if set_aside:
-        path = os.path.join(str(manager.directory), str(step))
-        os.replace(path, f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        parallel.sync(f"metalearn_unreadable_{step}")
+        if parallel.is_primary():
+          path = os.path.join(str(manager.directory), str(step))
+          os.replace(path, f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        parallel.sync(f"metalearn_set_aside_{step}")
         manager.reload()
   return None
 
@@ -178,6 +229,8 @@ def meta_train(
   max_to_keep: int = 3,
   on_nonfinite: str = "raise",
   verbose: bool = True,
+  mesh: jax.sharding.Mesh | None = None,
+  sample_shards: int | None = None,
 ) -> TrainResult:
   """Meta-trains `learner`, resuming from `<workdir>/checkpoints` when it holds any.
 
@@ -203,7 +256,18 @@ def meta_train(
       the first non-finite meta-loss or gradient (nothing after the last good
       checkpoint is saved); `"skip"`: the update is skipped and counted in the
       `nonfinite_steps` metric.
-    verbose: print progress.
+    verbose: print progress (on process 0 only).
+    mesh: the devices to shard the task axis over (`parallel.make_mesh`);
+      default: every device of the job. `meta_batch_size` must be a multiple
+      of its size (a ValueError says so otherwise); evaluation batches are
+      padded to one and the padding dropped.
+    sample_shards: the meta-batch of step s is drawn in this many equal
+      pieces, piece j from `episode_rng(seed, TRAIN_STREAM, s, j)` (one piece:
+      `episode_rng(seed, TRAIN_STREAM, s)`), and each process draws only the
+      pieces on its devices. Default: one piece per process. The data depend
+      on this number alone, so a one-process run with `sample_shards=P`
+      reproduces a run on P processes. Evaluation episodes do not depend on
+      it (every process draws the fixed evaluation sets whole).
 
   Returns:
     `TrainResult(state, eval_summary)`; `eval_summary` is also written to
@@ -229,17 +293,34 @@ def meta_train(
       raise ValueError(f"{name} must be an int > 0, got {value!r}")
   if on_nonfinite not in ("raise", "skip"):
     raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+  if sample_shards is not None and (not isinstance(sample_shards, int) or sample_shards <= 0):
+    raise ValueError(f"sample_shards must be an int > 0 or None, got {sample_shards!r}")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"workdir {workdir!r} exists and is not a directory")
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  parallel.check_divisible(meta_batch_size, mesh, "meta_batch_size")
+  num_pieces = sample_shards or jax.process_count()
+  if num_pieces % jax.process_count() or meta_batch_size % num_pieces:
+    raise ValueError(
+      f"sample_shards={num_pieces} must be a multiple of the {jax.process_count()} processes "
+      f"and divide meta_batch_size={meta_batch_size}"
+    )
   os.makedirs(workdir, exist_ok=True)
+  parallel.check_shared_directory(workdir)
   eval_sampler = eval_sampler or sampler
+  primary = parallel.is_primary()
+  verbose = verbose and primary
 
   example = ep.task(sampler(episode_rng(seed, TRAIN_STREAM, 0), 1), 0)
   state = core.init_state(learner, optimizer, jax.random.PRNGKey(seed), example)
+  state = parallel.replicate(state, mesh)
   manager = ocp.CheckpointManager(
     os.path.abspath(os.path.join(workdir, "checkpoints")),
     options=ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+      max_to_keep=max_to_keep,
+      create=True,
+      enable_async_checkpointing=False,
+      cleanup_tmp_directories=True,
     ),
   )
   log = (lambda m: print(m, flush=True)) if verbose else (lambda m: None)
@@ -247,17 +328,41 @@ def meta_train(
   start = 0
   if restored is not None:
     state = core.MetaTrainState(**restored)
-    start = int(state.step)
+    start = int(parallel.fetch(state.step))
     log(f"[{learner.name}] resuming from the checkpoint at step {start}")
-  writer = MetricWriter(
-    workdir, resume_step=start if restored is not None else None, verbose=verbose
+  writer = (
+    MetricWriter(workdir, resume_step=start if restored is not None else None, verbose=verbose)
+    if primary
+    else _NullWriter()
   )
 
   donate = (0,) if jax.default_backend() != "cpu" else ()
+  replicated, sharded = parallel.replicated(mesh), parallel.task_sharded(mesh)
   step_fn = jax.jit(
-    core.make_meta_step(learner, optimizer, strategy=strategy), donate_argnums=donate
+    core.make_meta_step(learner, optimizer, strategy=strategy),
+    in_shardings=(replicated, sharded),
+    out_shardings=(replicated, replicated),
+    donate_argnums=donate,
   )
-  eval_step = jax.jit(core.make_eval_step(learner, strategy=strategy))
+  eval_jit = jax.jit(
+    core.make_eval_step(learner, strategy=strategy),
+    in_shardings=(replicated, sharded, replicated),
+    out_shardings=replicated,
+  )
+
+  def eval_step(theta, batch, key):
+    """Per-task metrics `[T]` (numpy) of a host batch, padded to the mesh and sharded."""
+    n = ep.num_tasks(batch)
+    padded = parallel.put_global_batch(parallel.pad_tasks(batch, mesh.size), mesh)
+    metrics = parallel.fetch(eval_jit(theta, padded, parallel.replicate(key, mesh)))
+    return {k: v[:n] for k, v in metrics.items()}
+
+  def train_batch(step: int) -> ep.Episode:
+    def piece(j: int, n: int) -> ep.Episode:
+      return sampler(episode_rng(seed, TRAIN_STREAM, step, None if num_pieces == 1 else j), n)
+
+    return parallel.sample_global_batch(piece, meta_batch_size, mesh, num_pieces)
+
   val_batches = _batches(eval_sampler, seed, VAL_STREAM, num_val_tasks, eval_batch_size)
   eval_key = jax.random.PRNGKey(seed + 1)
 
@@ -269,7 +374,8 @@ def meta_train(
     )
 
   pending: list[tuple[int, dict]] = []
-  skipped = 0
+  # Skipped steps so far: a resumed run reads the count logged at its checkpoint.
+  skipped = int(writer.last.get("nonfinite_steps", 0))
   t0, timed_from = time.time(), start
 
   def flush(step: int) -> None:
@@ -277,7 +383,7 @@ def meta_train(
     nonlocal skipped, pending
     if not pending:
       return
-    fetched = jax.device_get([m for _, m in pending])
+    fetched = parallel.fetch([m for _, m in pending])
     for (s, _), m in zip(pending, fetched, strict=True):
       if m["nonfinite"] > 0:
         if on_nonfinite == "raise":
@@ -303,12 +409,15 @@ def meta_train(
     pending = []
 
   if start == 0 and num_steps > 0:
+    devices = f"{mesh.size} {mesh.devices.flat[0].platform} device(s)"
+    if jax.process_count() > 1:
+      devices += f" of {jax.process_count()} processes"
     log(
       f"[{learner.name}] training {num_steps} meta-steps of {meta_batch_size} tasks "
-      f"(strategy={strategy}); compiling..."
+      f"(strategy={strategy}, {devices}); compiling..."
     )
   for step in range(start, num_steps):
-    batch = sampler(episode_rng(seed, TRAIN_STREAM, step), meta_batch_size)
+    batch = train_batch(step)
     state, metrics = step_fn(state, batch)
     pending.append((step, metrics))
     done = step + 1
@@ -334,18 +443,21 @@ def meta_train(
     f"[{learner.name}] final evaluation on {num_eval_tasks} held-out tasks "
     f"({time.time() - t_eval:.1f}s): {_fmt_summary(summary)}"
   )
-  writer.write(int(state.step), {k: v["mean"] for k, v in summary.items()}, prefix="eval/")
+  final_step = int(parallel.fetch(state.step))
+  writer.write(final_step, {k: v["mean"] for k, v in summary.items()}, prefix="eval/")
   writer.close()
-  write_json_atomic(
-    os.path.join(workdir, "eval.json"),
-    {
-      "metrics": summary,
-      "step": int(state.step),
-      "num_tasks": num_eval_tasks,
-      "method": learner.name,
-      "nonfinite_steps": skipped,
-    },
-  )
+  if primary:
+    write_json_atomic(
+      os.path.join(workdir, "eval.json"),
+      {
+        "metrics": summary,
+        "step": final_step,
+        "num_tasks": num_eval_tasks,
+        "method": learner.name,
+        "nonfinite_steps": skipped,
+      },
+    )
+  parallel.sync("metalearn_meta_train_done")
   return TrainResult(state, summary)
 
 

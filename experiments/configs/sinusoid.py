@@ -16,6 +16,12 @@ baseline's. Other methods: `--config.method=fomaml|reptile|metasgd|anil|
 metacurvature|pretrain|imaml`; shots: `--config.shots=5|10|20`.
 
 Smoke variant (a few steps, for CI): `--config=experiments/configs/sinusoid.py:smoke`.
+
+Devices: the meta-batch is sharded over every device of the job, so
+`meta_batch_size` must be a multiple of the device count; with the paper's 25
+on a TPU of 8 cores, pass `--config.meta_batch_size=24` (or 32), or
+`--config.num_devices=1`. Launching on a Colab TPU, a TPU-VM pod or a SLURM GPU
+cluster: launch/README.md.
 """
 
 from ml_collections import config_dict
@@ -54,6 +60,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.num_eval_tasks = 1000
   c.strategy = "vmap"
   c.on_nonfinite = "raise"
+  # Devices the task axis of the meta-batch is sharded over: 0 = every device
+  # of the job (of all its processes); N = the first N (one process only).
+  c.num_devices = 0
+  # The meta-batch is drawn in this many pieces, each process drawing its own
+  # (0 = one per process); set it to a multi-host run's process count to draw
+  # that run's exact data on one host.
+  c.sample_shards = 0
   # Also train the pretrained baseline (same budget) for the figure.
   c.baseline = True
 
