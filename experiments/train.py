@@ -47,8 +47,11 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
 
   if config.task not in TASKS:
     bad("task", f"unknown task; choose one of {', '.join(TASKS)}")
+  regression = [m for m in algorithms.REGISTRY if m not in algorithms.CLASSIFICATION_ONLY]
+  if config.method in algorithms.CLASSIFICATION_ONLY:
+    bad("method", f"is a classification method; sinusoid takes one of {', '.join(regression)}")
   if config.method not in algorithms.REGISTRY:
-    bad("method", f"unknown method; choose one of {', '.join(algorithms.REGISTRY)}")
+    bad("method", f"unknown method; choose one of {', '.join(regression)}")
   for field in (
     "shots",
     "queries",

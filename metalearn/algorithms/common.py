@@ -10,6 +10,7 @@ import optax
 
 from metalearn import episodes as ep
 from metalearn import inner
+from metalearn.core import MetaLearner
 from metalearn.models import Model
 from metalearn.types import MetaParams, Metrics, Params, PRNGKey
 
@@ -113,3 +114,31 @@ def query_loss(
   predictions = fns.predict(phi, query.x)
   metrics = {f"query_{n}": fn(predictions, query) for n, fn in objective.metrics.items()}
   return objective.loss(predictions, query), metrics
+
+
+def scored_learner(
+  name: str,
+  init: Callable[[PRNGKey, ep.Episode], MetaParams],
+  adapt: Callable[..., Params],
+  predict: Callable[[Params, jax.Array], jax.Array],
+  objective: ep.Objective,
+) -> MetaLearner:
+  """A learner without inner steps (metric learning): meta-loss and metrics on the query.
+
+  `evaluate` reports the objective's metrics under their plain names
+  (e.g. `accuracy`), since there is no step count to qualify them with.
+  """
+
+  def scores(theta, episode, key):
+    return predict(adapt(theta, episode.support, key), episode.query.x)
+
+  def evaluate(theta, episode, key):
+    s = scores(theta, episode, key)
+    return {n: fn(s, episode.query) for n, fn in objective.metrics.items()}
+
+  def meta_loss(theta, episode, key):
+    s = scores(theta, episode, key)
+    metrics = {f"query_{n}": fn(s, episode.query) for n, fn in objective.metrics.items()}
+    return objective.loss(s, episode.query), metrics
+
+  return MetaLearner(init, adapt, meta_loss, predict, evaluate, name=name)

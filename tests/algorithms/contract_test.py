@@ -27,7 +27,7 @@ import pytest
 from metalearn import algorithms, core
 from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
-from metalearn.models import MLP
+from metalearn.models import MLP, Model, as_model
 
 NAMES = sorted(algorithms.REGISTRY)
 NUM_TASKS = 4
@@ -73,8 +73,41 @@ def _registry_convention(name):
   return Setup(learner, _sinusoid, ("mse", ep.mse), EVAL_STEPS)
 
 
+def _classification(seed, ways=3, shots=2, queries=2, dim=4):
+  """`NUM_TASKS` tasks of `ways` Gaussian clusters in `dim` dimensions (labels permuted)."""
+  rng = np.random.default_rng(seed)
+  centers = 2.0 * rng.normal(size=(NUM_TASKS, ways, dim))
+
+  def split(per_class):
+    y = np.stack([rng.permutation(np.tile(np.arange(ways), per_class)) for _ in range(NUM_TASKS)])
+    x = np.take_along_axis(centers, y[..., None], axis=1) + rng.normal(size=(*y.shape, dim))
+    return ep.Split(x.astype(np.float32), y.astype(np.int32), np.ones(y.shape, bool))
+
+  return ep.Episode(split(shots), split(queries))
+
+
+def _metric_setup(name):
+  def setup():
+    learner = algorithms.REGISTRY[name](MLP(hidden=(8,), out=5), ways=3)
+    return Setup(learner, _classification, ("accuracy", ep.accuracy), None)
+
+  return setup
+
+
+def _relation_setup():
+  scorer = as_model(MLP(hidden=(8,), out=1))
+  # A relation module without batch statistics, so masked rows cannot move it.
+  module = Model(scorer.init, lambda p, pairs: jax.nn.sigmoid(scorer.apply(p, pairs))[:, 0])
+  learner = algorithms.relation(MLP(hidden=(8,), out=5), ways=3, relation_module=module)
+  return Setup(learner, _classification, ("accuracy", ep.accuracy), None)
+
+
 # name -> () -> Setup, for learners the registry's calling convention does not fit.
-SETUPS: dict[str, Callable[[], Setup]] = {}
+SETUPS: dict[str, Callable[[], Setup]] = {
+  "protonet": _metric_setup("protonet"),
+  "matching": _metric_setup("matching"),
+  "relation": _relation_setup,
+}
 
 
 def _setup(name):
