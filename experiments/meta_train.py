@@ -127,7 +127,10 @@ def main(argv):
     train.validate(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except FileNotFoundError as e:  # missing data folder: say what is missing, in one line
+    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """`train_and_evaluate(config, workdir)`: a config turned into library calls.
 
+Two task families: `sinusoid` (regression, MLP) and `omniglot` (N-way K-shot
+classification, Conv4 or the Relation Network's modules, on the Vinyals or
+Lake split of `metalearn.data.omniglot.load_omniglot`).
+
 The binary (`experiments/meta_train.py`) and notebooks call this; nothing under
 `metalearn/` sees a config object. Validation happens here first, so a bad
 flag fails in one line before anything is compiled or written.
@@ -16,8 +20,11 @@ import optax
 from ml_collections import config_dict
 
 from metalearn import algorithms, parallel, plotting, training
+from metalearn.data import omniglot
+from metalearn.data.omniglot import load_omniglot
+from metalearn.data.sampler import EpisodicSampler
 from metalearn.data.sinusoid import Sinusoid
-from metalearn.models import MLP
+from metalearn.models import MLP, Conv4
 
 # Inner steps during meta-training when the config leaves `inner_steps` unset.
 DEFAULT_INNER_STEPS = {"reptile": 5, "pretrain": 10, "imaml": 10}
@@ -35,8 +42,12 @@ IDENTITY_FIELDS = (
   "inner_steps",
   "remat",
   "strategy",
+  "ways",
+  "split_protocol",
 )
-TASKS = ("sinusoid",)
+TASKS = ("sinusoid", "omniglot")
+# The MAML-family learners that take `remat`.
+REMAT_METHODS = ("maml", "fomaml", "metasgd", "anil", "metacurvature")
 
 
 def validate(config: config_dict.ConfigDict, workdir: str) -> None:
@@ -47,11 +58,15 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
 
   if config.task not in TASKS:
     bad("task", f"unknown task; choose one of {', '.join(TASKS)}")
-  regression = [m for m in algorithms.REGISTRY if m not in algorithms.CLASSIFICATION_ONLY]
-  if config.method in algorithms.CLASSIFICATION_ONLY:
-    bad("method", f"is a classification method; sinusoid takes one of {', '.join(regression)}")
-  if config.method not in algorithms.REGISTRY:
-    bad("method", f"unknown method; choose one of {', '.join(regression)}")
+  if config.task == "omniglot":
+    if config.method not in algorithms.REGISTRY:
+      bad("method", f"unknown method; choose one of {', '.join(algorithms.REGISTRY)}")
+  else:
+    regression = [m for m in algorithms.REGISTRY if m not in algorithms.CLASSIFICATION_ONLY]
+    if config.method in algorithms.CLASSIFICATION_ONLY:
+      bad("method", f"is a classification method; sinusoid takes one of {', '.join(regression)}")
+    if config.method not in algorithms.REGISTRY:
+      bad("method", f"unknown method; choose one of {', '.join(regression)}")
   for field in (
     "shots",
     "queries",
@@ -71,7 +86,21 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
       bad(field, "learning rates must be > 0")
   if config.inner_steps is not None and config.inner_steps < 0:
     bad("inner_steps", "must be >= 0")
-  if not config.eval_steps or min(config.eval_steps) < 0:
+  if config.task == "omniglot":
+    if not isinstance(config.ways, int) or config.ways < 2:
+      bad("ways", "must be an integer >= 2 (classes per episode)")
+    if not isinstance(config.eval_inner_steps, int) or config.eval_inner_steps < 0:
+      bad("eval_inner_steps", "must be an integer >= 0")
+    if config.split_protocol not in omniglot.PROTOCOLS:
+      bad("split_protocol", f"choose one of {', '.join(omniglot.PROTOCOLS)}")
+    for field in ("queries", "eval_queries"):
+      if config.shots + config[field] > omniglot.NUM_DRAWINGS:
+        bad(
+          field,
+          f"--config.shots + --config.{field} = {config.shots + config[field]} exceeds the "
+          f"{omniglot.NUM_DRAWINGS} drawings of each Omniglot character",
+        )
+  elif not config.eval_steps or min(config.eval_steps) < 0:
     bad("eval_steps", "must be a non-empty list of step counts >= 0")
   if config.method == "imaml":
     if not config.imaml_lam > 0:
@@ -122,48 +151,119 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
 
 
 def _identity(config) -> dict:
-  d = {k: config[k] for k in IDENTITY_FIELDS}
-  d["hidden"] = list(d["hidden"])
+  """The identity fields; those a task does not have (e.g. omniglot's `hidden`) are None."""
+  d = {k: config.get(k) for k in IDENTITY_FIELDS}
+  if d["hidden"] is not None:
+    d["hidden"] = list(d["hidden"])
   return d
 
 
+def eval_steps(config) -> tuple[int, ...]:
+  """Inner step counts reported by evaluation: the config's, or omniglot's (0, 1, eval steps)."""
+  if config.task == "omniglot":
+    return tuple(sorted({0, 1, config.eval_inner_steps}))
+  return tuple(config.eval_steps)
+
+
 def build_learner(config, method: str | None = None):
-  """The learner named by `config.method` (or `method`) with the config's settings."""
+  """The learner named by `config.method` (or `method`) with the config's settings.
+
+  Sinusoid: an MLP regressor. Omniglot: ProtoNets / Matching Networks over a
+  `Conv4(ways=None)` embedding, Relation Networks with their default modules,
+  and the gradient-based methods over `Conv4(ways=config.ways)` with a
+  cross-entropy objective.
+  """
   method = method or config.method
+  if method in algorithms.CLASSIFICATION_ONLY:
+    if method == "relation":
+      return algorithms.relation(ways=config.ways)
+    return algorithms.get(method)(Conv4(ways=None), ways=config.ways)
   steps = config.inner_steps
   if steps is None:
     steps = DEFAULT_INNER_STEPS.get(method, 1)
+  classify = config.task == "omniglot"
   kwargs = dict(
     inner_lr=config.inner_lr,
     inner_steps=steps,
-    eval_steps=tuple(config.eval_steps),
-    objective="mse",
+    eval_steps=eval_steps(config),
+    objective="cross_entropy" if classify else "mse",
   )
-  if method in ("maml", "fomaml", "metasgd", "anil", "metacurvature"):
+  if method in REMAT_METHODS:
     kwargs["remat"] = config.remat
   if method == "imaml":
     kwargs.update(lam=config.imaml_lam, cg_steps=config.imaml_cg_steps, solver=config.imaml_solver)
-  return algorithms.get(method)(MLP(hidden=tuple(config.hidden), out=1), **kwargs)
+  model = Conv4(ways=config.ways) if classify else MLP(hidden=tuple(config.hidden), out=1)
+  return algorithms.get(method)(model, **kwargs)
+
+
+def sinusoid_samplers(config):
+  """(train, validation, test) samplers of sinusoid tasks."""
+  eval_tasks = Sinusoid(shots=config.shots, queries=config.eval_queries)
+  train_tasks = Sinusoid(shots=config.shots, queries=config.queries)
+  return train_tasks.sample, eval_tasks.sample, eval_tasks.sample
+
+
+def omniglot_samplers(config, *, verbose: bool = True):
+  """(train, validation, test) `EpisodicSampler`s over the Omniglot splits.
+
+  Validation episodes come from the "val" split; a split protocol without one
+  (Lake's, by default) validates on "test" (those numbers are only logged,
+  never used to choose a checkpoint).
+
+  Raises:
+    ValueError: one line naming the flags when the splits cannot hold the
+      episodes (e.g. more ways than a split has classes).
+  """
+  splits = load_omniglot(
+    config.data_dir or None, zip_dir=config.zip_dir or None, split_protocol=config.split_protocol
+  )
+  if "val" not in splits and verbose:
+    print(f"note: the {config.split_protocol!r} split has no 'val'; validating on 'test'")
+  val_split = "val" if "val" in splits else "test"
+
+  def sampler(split, queries):
+    try:
+      return EpisodicSampler(splits[split], config.ways, config.shots, queries)
+    except ValueError as e:
+      raise ValueError(
+        f"--config.ways={config.ways} --config.shots={config.shots} (queries {queries}): "
+        f"the omniglot {split!r} split cannot hold these episodes: {e}"
+      ) from None
+
+  return (
+    sampler("train", config.queries),
+    sampler(val_split, config.eval_queries),
+    sampler("test", config.eval_queries),
+  )
+
+
+def build_task(config, method: str | None = None, *, verbose: bool = True):
+  """`(train sampler, validation sampler, test sampler, learner)` for `config.task`."""
+  if config.task == "omniglot":
+    samplers = omniglot_samplers(config, verbose=verbose)
+  else:
+    samplers = sinusoid_samplers(config)
+  return (*samplers, build_learner(config, method))
 
 
 def _train(config, workdir, method, *, verbose=True):
-  learner = build_learner(config, method)
-  train_tasks = Sinusoid(shots=config.shots, queries=config.queries)
-  eval_tasks = Sinusoid(shots=config.shots, queries=config.eval_queries)
+  train_sampler, val_sampler, test_sampler, learner = build_task(config, method, verbose=verbose)
   result = training.meta_train(
     learner,
-    train_tasks.sample,
+    train_sampler,
     optimizer=optax.adam(config.outer_lr),
     num_steps=config.num_steps,
     meta_batch_size=config.meta_batch_size,
     workdir=workdir,
     seed=config.seed,
-    eval_sampler=eval_tasks.sample,
+    eval_sampler=test_sampler,
+    val_sampler=val_sampler,
     eval_every=config.eval_every,
     checkpoint_every=config.checkpoint_every,
     log_every=config.log_every,
     num_val_tasks=config.num_val_tasks,
     num_eval_tasks=config.num_eval_tasks,
+    eval_batch_size=config.get("eval_batch_size", 100),
     strategy=config.strategy,
     on_nonfinite=config.on_nonfinite,
     verbose=verbose,
@@ -197,14 +297,36 @@ def sinusoid_figure(config, path, runs) -> None:
   )
 
 
+def add_plain_accuracy(config, workdir: str, summary: dict) -> dict:
+  """Omniglot, gradient-based methods: `accuracy` = `accuracy@{eval_inner_steps}`.
+
+  Their evaluation reports `accuracy@k` per inner step count k; the plain name
+  (what the metric learners report) is added to `summary` and to
+  `<workdir>/eval.json` (rewritten atomically, by process 0).
+  """
+  if "accuracy" in summary:
+    return summary
+  summary = {**summary, "accuracy": summary[f"accuracy@{config.eval_inner_steps}"]}
+  if parallel.is_primary():
+    path = os.path.join(workdir, "eval.json")
+    with open(path) as f:
+      report = json.load(f)
+    report["metrics"] = summary
+    report["accuracy_inner_steps"] = config.eval_inner_steps
+    training.write_json_atomic(path, report)
+  return summary
+
+
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
   """Meta-trains `config.method`, evaluates it, draws the figure; returns the eval summary.
 
   Writes into `workdir`: `checkpoints/`, `metrics.jsonl`, `tensorboard/`,
-  `eval.json`, `config.json`, `sinusoid.png`, and (when `config.baseline`) the
-  pretrained baseline's run under `baseline/`. On a multi-process job every
-  process calls this; checkpoints are written collectively and process 0
-  alone writes the other files.
+  `eval.json`, `config.json`, and for sinusoid `sinusoid.png` and (when
+  `config.baseline`) the pretrained baseline's run under `baseline/`. Omniglot
+  runs report test `accuracy` in `eval.json` (for gradient-based methods the
+  accuracy after `config.eval_inner_steps` inner steps; `accuracy@k` are kept
+  too). On a multi-process job every process calls this; checkpoints are
+  written collectively and process 0 alone writes the other files.
   """
   validate(config, workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -213,6 +335,11 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
       os.path.join(workdir, "config.json"), {**json.loads(config.to_json()), **_identity(config)}
     )
   learner, result = _train(config, workdir, config.method)
+  if config.task == "omniglot":
+    summary = add_plain_accuracy(config, workdir, result.eval_summary)
+    if parallel.is_primary():
+      print(f"wrote {os.path.join(workdir, 'eval.json')}", flush=True)
+    return summary
   runs = {
     config.method.upper() if config.method != "pretrain" else "pretrained": (
       learner,

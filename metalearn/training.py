@@ -219,6 +219,7 @@ def meta_train(
   workdir: str,
   seed: int = 0,
   eval_sampler: Sampler | None = None,
+  val_sampler: Sampler | None = None,
   eval_every: int = 1000,
   checkpoint_every: int = 1000,
   log_every: int = 100,
@@ -243,7 +244,10 @@ def meta_train(
     workdir: where checkpoints, `metrics.jsonl`, TensorBoard events and
       `eval.json` go.
     seed: seeds parameters, episodes and PRNG keys.
-    eval_sampler: sampler of held-out episodes (default: `sampler`).
+    eval_sampler: sampler of held-out episodes for the final evaluation
+      (default: `sampler`).
+    val_sampler: sampler of the periodic validation episodes (default:
+      `eval_sampler`), e.g. a validation split apart from the test split.
     eval_every: steps between validation evaluations (0: only at the end).
     checkpoint_every: steps between checkpoints (0: only at the end).
     log_every: steps between terminal / metrics lines.
@@ -308,6 +312,7 @@ def meta_train(
   os.makedirs(workdir, exist_ok=True)
   parallel.check_shared_directory(workdir)
   eval_sampler = eval_sampler or sampler
+  val_sampler = val_sampler or eval_sampler
   primary = parallel.is_primary()
   verbose = verbose and primary
 
@@ -363,7 +368,7 @@ def meta_train(
 
     return parallel.sample_global_batch(piece, meta_batch_size, mesh, num_pieces)
 
-  val_batches = _batches(eval_sampler, seed, VAL_STREAM, num_val_tasks, eval_batch_size)
+  val_batches = _batches(val_sampler, seed, VAL_STREAM, num_val_tasks, eval_batch_size)
   eval_key = jax.random.PRNGKey(seed + 1)
 
   def validate(step: int) -> None:

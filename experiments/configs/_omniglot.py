@@ -1,0 +1,68 @@
+"""Fields shared by the Omniglot configs (`<method>_omniglot.py`); not a config itself."""
+
+from ml_collections import config_dict
+
+
+def base() -> config_dict.ConfigDict:
+  """The fields every Omniglot config sets; each config then sets its paper's values."""
+  c = config_dict.ConfigDict()
+  c.task = "omniglot"
+  c.method = "maml"
+  c.seed = 0
+  c.num_steps = 60_000
+  c.eval_every = 5_000
+  c.checkpoint_every = 5_000
+  c.log_every = 500
+
+  c.ways = 5
+  c.shots = 1
+  c.queries = 1  # per class, training episodes
+  c.eval_queries = 1  # per class, validation and test episodes
+  c.meta_batch_size = 32
+
+  c.outer_lr = 1e-3
+  c.inner_lr = 0.4
+  c.inner_steps = 1  # during meta-training (gradient-based methods)
+  c.eval_inner_steps = 3  # `accuracy` in eval.json is `accuracy@<this>`
+  c.remat = False
+  c.imaml_lam = 1.0
+  c.imaml_cg_steps = 5
+  c.imaml_solver = "cg"
+
+  # Data: load_omniglot(data_dir or None, zip_dir=zip_dir or None, ...): an
+  # empty data_dir is TFDS's default folder ($TFDS_DATA_DIR or
+  # ~/tensorflow_datasets); an empty zip_dir is $METALEARN_OMNIGLOT_DIR, else
+  # TFDS downloads the authors' zips.
+  c.split_protocol = "vinyals"
+  c.data_dir = ""
+  c.zip_dir = ""
+
+  c.num_val_tasks = 100
+  c.num_eval_tasks = 1000
+  c.eval_batch_size = 100
+  # "unroll" is the fastest for MAML on Conv4 on a CPU (DESIGN.md); metric learners: "vmap".
+  c.strategy = "unroll"
+  c.on_nonfinite = "raise"
+  c.num_devices = 0
+  c.sample_shards = 0
+  return c
+
+
+def finish(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigDict:
+  """Applies the `smoke` variant (a few steps, tiny evaluation, for CI) and locks."""
+  if arg == "smoke":
+    c.ways, c.shots, c.queries, c.eval_queries = 5, 1, 1, 1
+    c.num_steps = 2
+    c.eval_every = 1
+    c.checkpoint_every = 2
+    c.log_every = 1
+    c.meta_batch_size = 2
+    c.num_val_tasks = 2
+    c.num_eval_tasks = 4
+    c.eval_batch_size = 2  # one evaluation program for validation and test
+    c.eval_inner_steps = min(c.eval_inner_steps, 2)
+    c.inner_steps = min(c.inner_steps, 1)
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; the only variant is 'smoke'")
+  c.lock()
+  return c
