@@ -140,7 +140,7 @@ class _NullWriter:
     del message
 
   def close(self) -> None:
-    pass
+    """Nothing was opened."""
 
 
 class TrainResult(NamedTuple):
