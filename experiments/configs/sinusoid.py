@@ -10,10 +10,10 @@ Run (a few minutes on 2 CPU cores):
   python -m experiments.meta_train --config=experiments/configs/sinusoid.py \
       --workdir=runs/sinusoid_maml
 
-Expected (see docs/results.md for the measured numbers): MAML 10-shot query MSE
-about 0.5 after 1 step and about 0.1 after 10 steps, below the pretrained
-baseline's. Other methods: `--config.method=fomaml|reptile|metasgd|anil|
-metacurvature|pretrain|imaml`; shots: `--config.shots=5|10|20`.
+Expected (measured, docs/results.md): MAML 10-shot query MSE 0.34 ± 0.03
+after 1 step and 0.11 ± 0.01 after 10 steps, against 2.28 and 1.54 for the
+pretrained baseline. Other methods: `--config.method=fomaml|reptile|metasgd|
+anil|metacurvature|pretrain|imaml`; shots: `--config.shots=5|10|20`.
 
 Smoke variant (a few steps, for CI): `--config=experiments/configs/sinusoid.py:smoke`.
 
