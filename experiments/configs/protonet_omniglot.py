@@ -18,8 +18,10 @@ Run:
   python -m experiments.meta_train --config=experiments/configs/protonet_omniglot.py \
       --workdir=runs/protonet_omniglot [--config.shots=5 --config.ways=20]
 
-Expected (the paper's Table 1; no result has been measured with this code
-yet): 5-way 1-shot 98.8%, 5-shot 99.7%; 20-way 1-shot 96.0%, 5-shot 98.9%.
+Expected (the paper's Table 1): 5-way 1-shot 98.8%, 5-shot 99.7%; 20-way
+1-shot 96.0%, 5-shot 98.9%. Measured with this config as is (5-way 1-shot,
+20,000 episodes, 31 minutes on 2 CPU cores): 98.54 ± 0.20% on 1,000 test
+episodes (docs/results.md); the other settings are not measured yet.
 
 Smoke variant (a few steps, for CI): `--config=experiments/configs/protonet_omniglot.py:smoke`.
 
