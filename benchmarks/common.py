@@ -62,3 +62,44 @@ def write_json(path: str | None, payload: dict) -> None:
     with open(path, "w") as f:
       json.dump(payload, f, indent=2)
     print(f"wrote {path}")
+
+
+def time_meta_step(
+  step: Callable,
+  state,
+  device_batch,
+  sample_batch: Callable[[int], object],
+  *,
+  repeats: int,
+  sampled_step: Callable | None = None,
+) -> tuple[dict, dict]:
+  """Times a jitted meta-step: on one batch already on the device, and on fresh batches.
+
+  Args:
+    step: `(state, batch) -> (state, metrics)`, compiled.
+    state: the initial state (threaded through the calls).
+    device_batch: a batch already on the device.
+    sample_batch: `i -> batch` drawing the i-th fresh host batch (sampling and
+      transfer are then part of the timed call).
+    repeats: timed calls per measurement (after 20 warm-up calls).
+    sampled_step: the step for fresh batches, if not `step` (e.g. the jitted
+      function where host batches need resharding).
+
+  Returns:
+    `(fixed, sampled)`, each as `time_calls` returns it.
+  """
+  holder = {"state": state, "i": 0}
+
+  def fixed():
+    holder["state"], m = step(holder["state"], device_batch)
+    jax.block_until_ready(m)
+
+  def sampled():
+    holder["i"] += 1
+    holder["state"], m = (sampled_step or step)(holder["state"], sample_batch(holder["i"]))
+    jax.block_until_ready(m)
+
+  return (
+    time_calls(fixed, repeats=repeats, warmup=20),
+    time_calls(sampled, repeats=repeats, warmup=20),
+  )

@@ -73,21 +73,14 @@ def bench(method: str, num_devices: int) -> dict:
   start = time.perf_counter()
   compiled = step.lower(state, device_batch).compile()
   compile_s = time.perf_counter() - start
-  holder = {"state": state, "i": 0}
 
-  def fixed():
-    holder["state"], m = compiled(holder["state"], device_batch)
-    jax.block_until_ready(m)
+  def sample(i):
+    piece = lambda j, n: tasks.sample(training.episode_rng(0, 1, i), n)
+    return parallel.sample_global_batch(piece, _BATCH.value, mesh)
 
-  def sampled():
-    holder["i"] += 1
-    piece = lambda j, n: tasks.sample(training.episode_rng(0, 1, holder["i"]), n)
-    b = parallel.sample_global_batch(piece, _BATCH.value, mesh)
-    holder["state"], m = step(holder["state"], b)
-    jax.block_until_ready(m)
-
-  fixed_t = common.time_calls(fixed, repeats=_STEPS.value, warmup=20)
-  sampled_t = common.time_calls(sampled, repeats=_STEPS.value, warmup=20)
+  fixed_t, sampled_t = common.time_meta_step(
+    compiled, state, device_batch, sample, repeats=_STEPS.value, sampled_step=step
+  )
   return {
     "method": method,
     "devices": mesh.size,

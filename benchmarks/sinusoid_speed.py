@@ -43,21 +43,13 @@ def bench(method: str) -> dict:
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   device_batch = jax.device_put(batch)
-  holder = {"state": state, "i": 0}
-
-  def fixed():
-    holder["state"], m = compiled(holder["state"], device_batch)
-    jax.block_until_ready(m)
-
-  def sampled():
-    holder["i"] += 1
-    b = tasks.sample(np.random.default_rng([0, holder["i"]]), _BATCH.value)
-    holder["state"], m = compiled(holder["state"], b)
-    jax.block_until_ready(m)
-
-  # Several short bursts, median of medians, to be robust to a busy machine.
-  fixed_t = common.time_calls(fixed, repeats=_STEPS.value, warmup=20)
-  sampled_t = common.time_calls(sampled, repeats=_STEPS.value, warmup=20)
+  fixed_t, sampled_t = common.time_meta_step(
+    compiled,
+    state,
+    device_batch,
+    lambda i: tasks.sample(np.random.default_rng([0, i]), _BATCH.value),
+    repeats=_STEPS.value,
+  )
   return {
     "method": method,
     "compile_s": compile_s,

@@ -116,6 +116,13 @@ def query_loss(
   return objective.loss(predictions, query), metrics
 
 
+def check_ways(ways: int) -> int:
+  """Validates N, the classes per task of a metric learner."""
+  if not isinstance(ways, int) or isinstance(ways, bool) or ways < 2:
+    raise ValueError(f"ways must be an int >= 2, got {ways!r}")
+  return ways
+
+
 def scored_learner(
   name: str,
   init: Callable[[PRNGKey, ep.Episode], MetaParams],

@@ -47,8 +47,7 @@ def matching(embedding: nn.Module | Model, *, ways: int, eps: float = 1e-6) -> M
   Returns:
     A `MetaLearner`; `predict` gives log-probabilities `[n, ways]`.
   """
-  if not isinstance(ways, int) or ways < 2:
-    raise ValueError(f"ways must be an int >= 2, got {ways!r}")
+  common.check_ways(ways)
   model, objective = as_model(embedding), ep.get_objective("cross_entropy")
 
   def init(key, episode):

@@ -44,8 +44,7 @@ def protonet(embedding: nn.Module | Model, *, ways: int) -> MetaLearner:
     A `MetaLearner`; theta is `{"params": embedding params}`, task params are
     `{"params", "prototypes" [ways, d]}`, `predict` gives logits `[n, ways]`.
   """
-  if not isinstance(ways, int) or ways < 2:
-    raise ValueError(f"ways must be an int >= 2, got {ways!r}")
+  common.check_ways(ways)
   model, objective = as_model(embedding), ep.get_objective("cross_entropy")
 
   def init(key, episode):

@@ -51,8 +51,7 @@ def relation(
     A `MetaLearner`; theta is `{"embedding", "relation"}`, `predict` gives
     relation scores `[n, ways]`.
   """
-  if not isinstance(ways, int) or ways < 2:
-    raise ValueError(f"ways must be an int >= 2, got {ways!r}")
+  common.check_ways(ways)
   f = as_model(embedding or RelationEmbedding())
   g = as_model(relation_module or RelationModule())
 
