@@ -1,0 +1,377 @@
+r"""Classifies a folder of images with a trained few-shot run: adapt on examples, then predict.
+
+  python -m experiments.predict --workdir=runs/protonet_omniglot \
+      --support_dir=my_support --query_dir=my_queries [--output_dir=out]
+
+`--support_dir` holds one subfolder per class (its name is the class name) with
+a few labelled images each; `--query_dir` holds the images to classify. The run
+in `--workdir` (written by `experiments.meta_train` on Omniglot) gives the
+method and its settings (`config.json`) and the meta-parameters (the newest
+checkpoint). The learner adapts on the support images through its generic
+`adapt` (prototypes, attention keys, class features or inner gradient steps,
+whatever the method does) and scores the query images with `predict`, so no
+code here is specific to a method.
+
+Images are preprocessed as the training data were (`metalearn.data.omniglot`):
+grayscale, resized to 28x28 with antialiased Lanczos-3 resampling, inverted
+(ink = 1.0, background = 0.0; the images are taken to be dark strokes on a
+light background like the Omniglot files, `--noinvert` for light on dark) and
+scaled to [0, 1].
+
+Output: `<output_dir>/predictions.csv` with the header `file,predicted_class,score`
+and one row per query image (in sorted file-name order), and a summary on the
+terminal. The score is the softmax probability of the predicted class over the
+support classes; for Relation Networks, whose outputs are per-class relation
+scores in (0, 1) trained by regression, it is the relation score itself.
+
+Ways and shots: metric learners (ProtoNets, Matching, Relation) take any
+number of support classes (at least 2) and any number of images per class;
+gradient-based methods (MAML family, Reptile, iMAML, pretrain) have a head with
+the run's `ways` outputs and need exactly that many classes. Gradient-based
+methods adapt with the run's `eval_inner_steps` inner steps (those behind
+`accuracy` in eval.json) unless `--inner_steps` says otherwise.
+
+Conv4 and the Relation Network normalise every batch with its own statistics
+(`metalearn/models/conv4.py`), as in training and evaluation: the support images
+are embedded as one batch and the query images as another, so a query's
+prediction depends on the other query images (transductive over the query batch).
+
+The flags are defined only when this file runs as the binary, so that the
+library functions below can be imported next to `experiments.meta_train`,
+which defines `--workdir` too.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+from absl import app, flags, logging
+from ml_collections import config_dict
+
+from experiments import train
+from metalearn import algorithms, training
+from metalearn import episodes as ep
+from metalearn.data import images as image_utils
+
+IMAGE_SIZE = 28  # the size `experiments.train` loads Omniglot at (load_omniglot's default)
+CSV_NAME = "predictions.csv"
+CSV_HEADER = ("file", "predicted_class", "score")
+# Methods whose `predict` outputs are scores in (0, 1) reported as they are (not softmaxed).
+RAW_SCORE_METHODS = frozenset({"relation"})
+
+
+class Support(NamedTuple):
+  """Labelled images: `x [n, s, s, 1]` float32, `y [n]` int32 (index into `classes`)."""
+
+  x: np.ndarray
+  y: np.ndarray
+  classes: list[str]
+  shots: dict[str, int]
+
+
+class Prediction(NamedTuple):
+  """What `predict` returns: one entry of `files`, `predicted`, `scores` per query image."""
+
+  method: str
+  train_ways: int
+  train_shots: int
+  inner_steps: int | None  # None for methods without inner steps
+  classes: list[str]
+  shots: dict[str, int]
+  files: list[str]
+  predicted: list[str]
+  scores: np.ndarray  # [m] float
+
+
+def _image_files(folder: str) -> tuple[list[str], list[str]]:
+  """(image file names, subfolder names) directly in `folder`, sorted; hidden ones skipped."""
+  files, subfolders = [], []
+  for name in sorted(os.listdir(folder)):
+    if name.startswith("."):
+      continue
+    if os.path.isdir(os.path.join(folder, name)):
+      subfolders.append(name)
+    elif name.lower().endswith(image_utils.IMAGE_EXTENSIONS):
+      files.append(name)
+  return files, subfolders
+
+
+def read_images(paths: list[str], *, invert: bool = True) -> np.ndarray:
+  """Reads image files as the training data: `[n, 28, 28, 1]` float32 in [0, 1].
+
+  Grayscale, Lanczos-3 antialiased resize to 28x28 (`metalearn.data.images`),
+  `255 - gray` when `invert` (ink = 1.0 for dark strokes on a light
+  background, as `metalearn.data.omniglot` stores Omniglot), divided by 255 as
+  `metalearn.data.sampler.EpisodicSampler` does.
+
+  Raises:
+    ValueError: naming the file that cannot be read or decoded.
+  """
+  out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+  for i, path in enumerate(paths):
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      raise ValueError(f"cannot read image {path}: {e.strerror or e}") from e
+    gray = image_utils.decode_gray(data, path)
+    if gray.size == 0:
+      raise ValueError(f"cannot decode image {path}: it has no pixels ({gray.shape})")
+    out[i] = image_utils.resize(gray[None], IMAGE_SIZE)[0]
+  if invert:
+    np.subtract(255, out, out=out)
+  return (out.astype(np.float32) / np.float32(255.0))[..., None]
+
+
+def load_support(support_dir: str, *, invert: bool = True) -> Support:
+  """Reads `support_dir/<class>/<image>`: classes are the subfolders in sorted order.
+
+  Raises:
+    FileNotFoundError: `support_dir` does not exist.
+    ValueError: it has no class subfolders, a class folder holds no image, or
+      an image cannot be read (each named).
+  """
+  if not os.path.isdir(support_dir):
+    raise FileNotFoundError(f"--support_dir={support_dir}: no such folder")
+  loose, classes = _image_files(support_dir)
+  if not classes:
+    found = f" (it holds {len(loose)} image files directly)" if loose else ""
+    raise ValueError(
+      f"--support_dir={support_dir} has no subfolders{found}; it must hold one subfolder of "
+      "images per class, support_dir/<class>/<image>"
+    )
+  paths, labels, shots = [], [], {}
+  for label, name in enumerate(classes):
+    folder = os.path.join(support_dir, name)
+    files, _ = _image_files(folder)
+    if not files:
+      raise ValueError(
+        f"class folder {folder} holds no images ({', '.join(image_utils.IMAGE_EXTENSIONS)}); "
+        "every class needs at least one"
+      )
+    paths += [os.path.join(folder, f) for f in files]
+    labels += [label] * len(files)
+    shots[name] = len(files)
+  return Support(read_images(paths, invert=invert), np.asarray(labels, np.int32), classes, shots)
+
+
+def load_queries(query_dir: str, *, invert: bool = True) -> tuple[np.ndarray, list[str]]:
+  """Reads the images directly in `query_dir` (sorted by name): `(x [m, 28, 28, 1], names)`.
+
+  Raises:
+    FileNotFoundError: `query_dir` does not exist.
+    ValueError: it holds no image, or an image cannot be read (named).
+  """
+  if not os.path.isdir(query_dir):
+    raise FileNotFoundError(f"--query_dir={query_dir}: no such folder")
+  files, subfolders = _image_files(query_dir)
+  if not files:
+    where = f" (only subfolders: {', '.join(subfolders[:5])})" if subfolders else ""
+    raise ValueError(
+      f"--query_dir={query_dir} holds no images ({', '.join(image_utils.IMAGE_EXTENSIONS)})"
+      f"{where}; put the images to classify directly in it"
+    )
+  return read_images([os.path.join(query_dir, f) for f in files], invert=invert), files
+
+
+def load_config(workdir: str) -> config_dict.ConfigDict:
+  """The run's config from `<workdir>/config.json`, after checking that a checkpoint exists.
+
+  Raises:
+    FileNotFoundError: the workdir, its config.json or its checkpoints are missing.
+    ValueError: config.json is unreadable, or the run is not an image classifier.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir={workdir}: no such folder")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f"{path} not found: --workdir must be a run written by experiments.meta_train"
+    )
+  try:
+    with open(path) as f:
+      config = config_dict.ConfigDict(json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from e
+  if config.get("task") != "omniglot":
+    raise ValueError(
+      f"{path}: the run's task is {config.get('task')!r}; predict classifies images and "
+      "needs a run with task 'omniglot'"
+    )
+  checkpoints = os.path.join(workdir, "checkpoints")
+  steps = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+  if not any(s.isdigit() for s in steps):
+    raise FileNotFoundError(
+      f"no checkpoint in {checkpoints}: the run has not saved one yet (train it first)"
+    )
+  return config
+
+
+def _example(ways: int) -> ep.Episode:
+  """An episode shaped like the run's, for building the state to restore into."""
+  split = ep.make_split(
+    np.zeros((ways, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32), np.arange(ways, dtype=np.int32)
+  )
+  return ep.Episode(split, split)
+
+
+def predict(
+  workdir: str,
+  support_dir: str,
+  query_dir: str,
+  *,
+  inner_steps: int | None = None,
+  invert: bool = True,
+  seed: int = 0,
+) -> Prediction:
+  """Adapts the run's learner on the support images and classifies the query images.
+
+  Args:
+    workdir: a run folder (config.json and checkpoints/) of an Omniglot run.
+    support_dir: `support_dir/<class>/<image>`, one subfolder per class.
+    query_dir: images to classify.
+    inner_steps: inner steps of gradient-based methods (default: the run's
+      `eval_inner_steps`); ignored by metric learners.
+    invert: invert gray levels as for Omniglot (dark strokes on light images).
+    seed: the PRNG key given to `adapt` (the shipped methods do not use it).
+
+  Returns:
+    A `Prediction`, rows in sorted query file-name order.
+
+  Raises:
+    FileNotFoundError, ValueError: one line naming the flag, file or folder.
+  """
+  config = load_config(workdir)
+  method, train_ways = config.method, config.ways
+  support = load_support(support_dir, invert=invert)
+  query_x, files = load_queries(query_dir, invert=invert)
+  ways = len(support.classes)
+  metric = method in algorithms.CLASSIFICATION_ONLY
+  if metric and ways < 2:
+    raise ValueError(
+      f"--support_dir={support_dir} has {ways} class folder ({support.classes[0]}); "
+      f"{method} needs at least 2 classes"
+    )
+  if not metric and ways != train_ways:
+    raise ValueError(
+      f"--support_dir={support_dir} has {ways} class folders, but the {method} run in "
+      f"{workdir} was trained {train_ways}-way and its classifier head has {train_ways} "
+      f"outputs: give exactly {train_ways} class folders"
+    )
+  if inner_steps is not None and inner_steps < 0:
+    raise ValueError(f"--inner_steps={inner_steps}: must be >= 0")
+  steps = None if metric else (config.eval_inner_steps if inner_steps is None else inner_steps)
+
+  trained = train.build_learner(config)
+  theta = training.restore_theta(
+    workdir, trained, optax.adam(config.outer_lr), _example(train_ways), seed=config.seed
+  )
+  if ways == train_ways:
+    learner = trained
+  else:
+    config.ways = ways  # metric learners: the same theta, N-way scoring
+    learner = train.build_learner(config)
+
+  def classify(theta, support_split, x, key):
+    return learner.predict(learner.adapt(theta, support_split, key, num_steps=steps), x)
+
+  outputs = jax.jit(classify)(
+    theta, ep.make_split(support.x, support.y), query_x, jax.random.PRNGKey(seed)
+  )
+  outputs = np.asarray(outputs, np.float64)
+  if not np.all(np.isfinite(outputs)):
+    raise ValueError(f"the {method} run in {workdir} gives non-finite outputs on these images")
+  best = np.argmax(outputs, axis=-1)
+  if method in RAW_SCORE_METHODS:
+    scores = outputs[np.arange(len(best)), best]
+  else:
+    probs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+    scores = probs[np.arange(len(best)), best] / probs.sum(axis=-1)
+  return Prediction(
+    method=method,
+    train_ways=train_ways,
+    train_shots=config.shots,
+    inner_steps=steps,
+    classes=support.classes,
+    shots=support.shots,
+    files=files,
+    predicted=[support.classes[i] for i in best],
+    scores=scores,
+  )
+
+
+def write_csv(path: str, result: Prediction) -> None:
+  """Writes `file,predicted_class,score` and one row per query image to `path`."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(CSV_HEADER)
+    for name, label, score in zip(result.files, result.predicted, result.scores, strict=True):
+      writer.writerow([name, label, f"{score:.6f}"])
+  os.replace(tmp, path)
+
+
+def summary(result: Prediction) -> str:
+  """A few lines for the terminal: classes, shots, queries, counts per predicted class."""
+  counts = collections.Counter(result.predicted)
+  shots = sorted(set(result.shots.values()))
+  shot_text = (
+    f"{shots[0]} shot{'s' if shots[0] != 1 else ''} each"
+    if len(shots) == 1
+    else f"{shots[0]}-{shots[-1]} shots per class"
+  )
+  steps = "" if result.inner_steps is None else f", {result.inner_steps} inner steps"
+  lines = [
+    f"method: {result.method} (trained {result.train_ways}-way {result.train_shots}-shot{steps})",
+    f"support: {len(result.classes)} classes, {shot_text} ({sum(result.shots.values())} images)",
+    f"queries: {len(result.files)} images",
+    "predicted: "
+    + ", ".join(f"{name}={counts.get(name, 0)}" for name in result.classes)
+    + f" (mean score {float(np.mean(result.scores)):.3f})",
+  ]
+  return "\n".join(lines)
+
+
+def define_flags() -> None:
+  """Declares the binary's flags (only when run as the binary; see the module docstring)."""
+  flags.DEFINE_string("workdir", None, "trained run folder (config.json, checkpoints/)")
+  flags.DEFINE_string("support_dir", None, "folder with one subfolder of images per class")
+  flags.DEFINE_string("query_dir", None, "folder of images to classify")
+  flags.DEFINE_string("output_dir", ".", f"where {CSV_NAME} is written (created if missing)")
+  flags.DEFINE_integer(
+    "inner_steps", None, "inner steps of gradient-based methods (default: the run's eval steps)"
+  )
+  flags.DEFINE_boolean(
+    "invert", True, "images are dark strokes on a light background, as the Omniglot files"
+  )
+  flags.mark_flags_as_required(["workdir", "support_dir", "query_dir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # keep orbax quiet
+  f = flags.FLAGS
+  try:
+    result = predict(
+      f.workdir, f.support_dir, f.query_dir, inner_steps=f.inner_steps, invert=f.invert
+    )
+    os.makedirs(f.output_dir, exist_ok=True)
+    path = os.path.join(f.output_dir, CSV_NAME)
+    write_csv(path, result)
+  except (OSError, ValueError) as e:  # bad input, or an output folder that cannot be written
+    raise SystemExit(f"error: {e}") from None
+  print(summary(result))
+  print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,223 @@
+"""experiments/predict.py: a smoke ProtoNets run classifies folders of generated images."""
+
+import collections
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import predict, train
+from experiments.configs import maml_omniglot, protonet_omniglot, sinusoid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fake_omniglot(data_dir=None, *, zip_dir=None, split_protocol="vinyals"):
+  """Random uint8 splits shaped as `load_omniglot` returns them (no data, no network)."""
+  del data_dir, zip_dir, split_protocol
+  rng = np.random.default_rng(0)
+  sizes = {"train": 30, "val": 10, "test": 10}
+  return {k: rng.integers(0, 256, (n, 20, 28, 28), dtype=np.uint8) for k, n in sizes.items()}
+
+
+@pytest.fixture(scope="module")
+def protonet_run(tmp_path_factory):
+  """A ProtoNets run (5-way 1-shot, the smoke config) trained on the fake data."""
+  workdir = str(tmp_path_factory.mktemp("protonet_run"))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train, "load_omniglot", _fake_omniglot)
+    train.train_and_evaluate(protonet_omniglot.get_config("smoke"), workdir)
+  return workdir
+
+
+def _save(path, seed, size=(105, 105), mode="L"):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+  Image.fromarray(pixels).convert(mode).save(path)
+
+
+def _folders(root, classes=("alpha", "beta", "gamma"), shots=2, queries=4):
+  """`root/support/<class>/<i>.png` and `root/query/q<i>.*` of assorted sizes and modes."""
+  for c, name in enumerate(classes):
+    for i in range(shots):
+      _save(os.path.join(root, "support", name, f"{i}.png"), 10 * c + i)
+  for i in range(queries):
+    ext, size, mode = [("png", (105, 105), "L"), ("jpg", (60, 45), "RGB")][i % 2]
+    _save(os.path.join(root, "query", f"q{i}.{ext}"), 100 + i, size, mode)
+  return os.path.join(root, "support"), os.path.join(root, "query")
+
+
+def _binary(*args, cwd):
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.predict", *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
+
+
+def test_binary_writes_one_row_per_query(protonet_run, tmp_path):
+  """3 classes (the run was trained 5-way), 2 shots; the CSV goes to the current directory."""
+  support, query = _folders(str(tmp_path))
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  out = _binary(
+    f"--workdir={protonet_run}", f"--support_dir={support}", f"--query_dir={query}", cwd=cwd
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(cwd / "predictions.csv", newline="") as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["file", "predicted_class", "score"]
+  assert [r[0] for r in rows[1:]] == sorted(os.listdir(query))
+  assert all(r[1] in ("alpha", "beta", "gamma") for r in rows[1:])
+  scores = [float(r[2]) for r in rows[1:]]
+  assert all(0.0 <= s <= 1.0 for s in scores)
+  assert all(s >= 1 / 3 - 1e-6 for s in scores)  # the arg-max of a 3-class softmax
+  assert "support: 3 classes, 2 shots each (6 images)" in out.stdout
+  assert "queries: 4 images" in out.stdout
+  counts = collections.Counter(r[1] for r in rows[1:])
+  assert f"predicted: alpha={counts['alpha']}, beta={counts['beta']}, gamma={counts['gamma']}" in (
+    out.stdout
+  )
+
+
+def test_copies_of_the_support_images_get_their_own_class(protonet_run, tmp_path):
+  """1-shot support; the queries are the support images again, renamed and reordered.
+
+  The query batch then holds the same images as the support batch, so the
+  batch statistics agree and each query's embedding is its class prototype
+  (up to rounding): distance 0, the arg-max for any theta with distinct embeddings.
+  """
+  classes = ["k0", "k1", "k2", "k3"]
+  support, query = _folders(str(tmp_path), classes, shots=1, queries=0)
+  os.makedirs(query)
+  source = {}
+  for i, name in zip([2, 0, 3, 1], classes, strict=True):  # sorted query order != class order
+    shutil.copy(os.path.join(support, name, "0.png"), os.path.join(query, f"copy{i}.png"))
+    source[f"copy{i}.png"] = name
+  result = predict.predict(protonet_run, support, query)
+  assert result.files == sorted(source)
+  assert result.predicted == [source[f] for f in result.files]
+  assert result.classes == classes and result.shots == dict.fromkeys(classes, 1)
+
+  predict.write_csv(str(tmp_path / "p.csv"), result)
+  with open(tmp_path / "p.csv", newline="") as f:
+    rows = list(csv.reader(f))
+  assert rows[1:] == [
+    [f, source[f], f"{s:.6f}"] for f, s in zip(result.files, result.scores, strict=True)
+  ]
+
+
+def _break(kind, support, query):
+  """Damages the input folders; returns the path the error must name."""
+  if kind == "empty class folder":
+    path = os.path.join(support, "delta")
+    os.makedirs(path)
+    with open(os.path.join(path, "notes.txt"), "w") as f:
+      f.write("not an image")
+    return path
+  if kind == "unreadable support image":
+    path = os.path.join(support, "beta", "broken.png")
+  elif kind == "unreadable query image":
+    path = os.path.join(query, "broken.jpg")
+  elif kind == "empty query dir":
+    shutil.rmtree(query)
+    os.makedirs(os.path.join(query, "sub"))
+    return query
+  elif kind == "support without subfolders":
+    shutil.rmtree(support)
+    _save(os.path.join(support, "loose.png"), 0)
+    return support
+  elif kind == "missing query dir":
+    shutil.rmtree(query)
+    return query
+  else:
+    raise AssertionError(kind)
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n not really")
+  return path
+
+
+BAD_INPUTS = [
+  "empty class folder",
+  "unreadable support image",
+  "unreadable query image",
+  "empty query dir",
+  "support without subfolders",
+  "missing query dir",
+]
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input_names_the_path(protonet_run, tmp_path, kind):
+  support, query = _folders(str(tmp_path))
+  path = _break(kind, support, query)
+  with pytest.raises((ValueError, FileNotFoundError)) as raised:
+    predict.predict(protonet_run, support, query)
+  assert path in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_binary_reports_bad_input_in_one_line(protonet_run, tmp_path):
+  support, query = _folders(str(tmp_path))
+  path = _break("empty class folder", support, query)
+  out = _binary(
+    f"--workdir={protonet_run}",
+    f"--support_dir={support}",
+    f"--query_dir={query}",
+    f"--output_dir={tmp_path / 'out'}",
+    cwd=tmp_path,
+  )
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+    f"error: class folder {path} holds no images (.png, .jpg, .jpeg, .bmp, .gif, .webp); "
+    "every class needs at least one"
+  ]
+  assert not (tmp_path / "out").exists()
+
+
+def _run_folder(tmp_path, config, checkpoint=True):
+  """A workdir with the config.json a run of `config` writes, and optionally a checkpoint folder."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json())
+  if checkpoint:
+    (workdir / "checkpoints" / "2").mkdir(parents=True)  # never read: checks come first
+  return str(workdir)
+
+
+def test_missing_workdir_config_or_checkpoint(tmp_path):
+  support, query = _folders(str(tmp_path))
+  missing = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match=re.escape(f"--workdir={missing}: no such folder")):
+    predict.predict(missing, support, query)
+  workdir = _run_folder(tmp_path, protonet_omniglot.get_config("smoke"), checkpoint=False)
+  with pytest.raises(FileNotFoundError, match=re.escape(f"no checkpoint in {workdir}/checkpoints")):
+    predict.predict(workdir, support, query)
+  os.remove(os.path.join(workdir, "config.json"))
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{workdir}/config.json not found")):
+    predict.predict(workdir, support, query)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing created
+
+
+def test_fixed_head_needs_the_trained_ways(tmp_path):
+  """MAML's head has `ways` outputs: 3 class folders for a 5-way run is refused, naming both."""
+  support, query = _folders(str(tmp_path))
+  workdir = _run_folder(tmp_path, maml_omniglot.get_config("smoke"))
+  with pytest.raises(ValueError, match="has 3 class folders") as raised:
+    predict.predict(workdir, support, query)
+  assert support in str(raised.value) and "trained 5-way" in str(raised.value)
+
+
+def test_sinusoid_run_is_refused(tmp_path):
+  support, query = _folders(str(tmp_path))
+  workdir = _run_folder(tmp_path, sinusoid.get_config("smoke"))
+  with pytest.raises(ValueError, match="task is 'sinusoid'"):
+    predict.predict(workdir, support, query)
