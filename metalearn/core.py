@@ -8,6 +8,7 @@ chosen per backend and model by measurement, never by the algorithm.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metalearn import _jaxpr
 from metalearn import episodes as ep
 from metalearn.types import MetaParams, Metrics, PRNGKey, PyTree, TaskParams
 
@@ -64,26 +66,67 @@ class MetaTrainState(NamedTuple):
   rng: jax.Array  # base PRNG key (as given to init_state); step keys are fold_in(rng, step)
 
 
-STRATEGIES = ("vmap", "map", "unroll", "chunk:N")
+STRATEGIES = ("auto", "vmap", "map", "unroll", "chunk:N", "unroll:N")
+
+# `auto` unrolls at most this many tasks into one program (compile time grows
+# with it; 32 tasks of Conv4 second-order MAML compile in about 2 minutes on a
+# 2-core CPU).
+MAX_UNROLL = 32
 
 
 def _check_strategy(strategy: str) -> None:
-  if strategy in ("vmap", "map", "unroll"):
+  if strategy in ("auto", "vmap", "map", "unroll"):
     return
-  if strategy.startswith("chunk:") and strategy[6:].isdigit() and int(strategy[6:]) > 0:
+  kind, _, n = strategy.partition(":")
+  if kind in ("chunk", "unroll") and n.isdigit() and int(n) > 0:
     return
   raise ValueError(f"strategy must be one of {STRATEGIES} (N > 0), got {strategy!r}")
 
 
-def batch_over_tasks(fn: Callable[..., Any], strategy: str = "vmap") -> Callable[..., Any]:
+def auto_strategy(fn: Callable[..., Any], theta: Any, episodes: ep.Episode, keys: jax.Array) -> str:
+  """The strategy `auto` picks for `fn` over this batch, by backend and by what `fn` computes.
+
+  On GPU and TPU: `vmap`. On a CPU: `vmap`, unless one task's computation
+  contains a convolution, which XLA:CPU runs very slowly as the grouped
+  convolution `vmap` makes of it; then tasks are unrolled (`unroll` up to
+  `MAX_UNROLL` tasks, else `unroll:N` with N the largest divisor of T not above
+  it). Measured in docs/results.md ("How tasks are batched").
+
+  Args:
+    fn: `(theta, episode, key) -> outputs` for one task.
+    theta: meta-parameters (arrays or tracers; only shapes are used).
+    episodes: the batch `[T, ...]`.
+    keys: `[T]` keys.
+  """
+  if jax.default_backend() != "cpu":
+    return "vmap"
+  one_task = (theta, ep.task(episodes, 0), keys[0])
+  if not _jaxpr.uses_primitive(fn, one_task, ("conv_general_dilated",)):
+    return "vmap"
+  t = keys.shape[0]
+  if t <= MAX_UNROLL:
+    return "unroll"
+  return f"unroll:{max(n for n in range(1, MAX_UNROLL + 1) if t % n == 0)}"
+
+
+def _unrolled(fn, theta, episodes, keys):
+  outs = [fn(theta, ep.task(episodes, i), keys[i]) for i in range(keys.shape[0])]
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def batch_over_tasks(fn: Callable[..., Any], strategy: str = "auto") -> Callable[..., Any]:
   """Maps a one-task function over the task axis: the library's only such place.
 
   Args:
     fn: `(theta, episode, key) -> outputs` for one task.
-    strategy: `vmap` (one batched program), `map` (`lax.map`, one task at a
-      time), `unroll` (a Python loop inside the trace: T copies of the program,
-      which XLA:CPU runs fastest for convolutional MAML) or `chunk:N` (`vmap`
-      over N tasks at a time, `lax.map` over the chunks).
+    strategy: `auto` (the default; chosen by `auto_strategy` from the backend
+      and the computation: `vmap`, except convolutions on a CPU), `vmap` (one
+      batched program), `map` (`lax.map`, one task at a time), `unroll` (a
+      Python loop inside the trace: T copies of the program, which XLA:CPU
+      runs fastest for convolutional MAML, at a compile time that grows with
+      T), `unroll:N` (N tasks unrolled, `lax.map` over the T / N groups: less
+      compile time, a little slower) or `chunk:N` (`vmap` over N tasks at a
+      time, `lax.map` over the chunks).
 
   Returns:
     `(theta, episodes [T, ...], keys [T, 2]) -> outputs stacked on a leading T axis`.
@@ -91,22 +134,31 @@ def batch_over_tasks(fn: Callable[..., Any], strategy: str = "vmap") -> Callable
   _check_strategy(strategy)
 
   def batched(theta, episodes, keys):
-    if strategy == "vmap":
-      return jax.vmap(fn, in_axes=(None, 0, 0))(theta, episodes, keys)
-    if strategy == "map":
-      return jax.lax.map(lambda a: fn(theta, *a), (episodes, keys))
-    t = keys.shape[0]
-    if strategy == "unroll":
-      outs = [fn(theta, ep.task(episodes, i), keys[i]) for i in range(t)]
-      return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
-    n = int(strategy[6:])
-    if t % n:
-      raise ValueError(f"strategy {strategy!r} needs a task count divisible by {n}, got {t}")
-    chunked = jax.tree_util.tree_map(lambda a: a.reshape(t // n, n, *a.shape[1:]), (episodes, keys))
-    out = jax.lax.map(lambda a: jax.vmap(fn, in_axes=(None, 0, 0))(theta, *a), chunked)
-    return jax.tree_util.tree_map(lambda a: a.reshape(t, *a.shape[2:]), out)
+    chosen = auto_strategy(fn, theta, episodes, keys) if strategy == "auto" else strategy
+    return _batched(fn, chosen, theta, episodes, keys)
 
   return batched
+
+
+def _batched(fn, strategy, theta, episodes, keys):
+  """Applies `fn` over the task axis with a resolved (non-`auto`) strategy."""
+  if strategy == "vmap":
+    return jax.vmap(fn, in_axes=(None, 0, 0))(theta, episodes, keys)
+  if strategy == "map":
+    return jax.lax.map(lambda a: fn(theta, *a), (episodes, keys))
+  if strategy == "unroll":
+    return _unrolled(fn, theta, episodes, keys)
+  t = keys.shape[0]
+  kind, _, n = strategy.partition(":")
+  n = int(n)
+  if t % n:
+    raise ValueError(f"strategy {strategy!r} needs a task count divisible by {n}, got {t}")
+  group = (
+    jax.vmap(fn, in_axes=(None, 0, 0)) if kind == "chunk" else functools.partial(_unrolled, fn)
+  )
+  chunked = jax.tree_util.tree_map(lambda a: a.reshape(t // n, n, *a.shape[1:]), (episodes, keys))
+  out = jax.lax.map(lambda a: group(theta, *a), chunked)
+  return jax.tree_util.tree_map(lambda a: a.reshape(t, *a.shape[2:]), out)
 
 
 def init_state(
@@ -124,7 +176,7 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 
 def make_meta_step(
-  learner: MetaLearner, optimizer: optax.GradientTransformation, *, strategy: str = "vmap"
+  learner: MetaLearner, optimizer: optax.GradientTransformation, *, strategy: str = "auto"
 ) -> Callable[[MetaTrainState, ep.Episode], tuple[MetaTrainState, Metrics]]:
   """Builds the meta-step: mean meta-loss over a batch of tasks, its gradient, an update.
 
@@ -175,7 +227,7 @@ def make_meta_step(
   return step
 
 
-def make_eval_step(learner: MetaLearner, *, strategy: str = "vmap") -> Callable[..., Metrics]:
+def make_eval_step(learner: MetaLearner, *, strategy: str = "auto") -> Callable[..., Metrics]:
   """`(theta, episodes [T, ...], key) -> metrics [T]`: per-task evaluation metrics."""
   _check_strategy(strategy)
 

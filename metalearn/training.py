@@ -226,7 +226,7 @@ def meta_train(
   num_val_tasks: int = 100,
   num_eval_tasks: int = 1000,
   eval_batch_size: int = 100,
-  strategy: str = "vmap",
+  strategy: str = "auto",
   max_to_keep: int = 3,
   on_nonfinite: str = "raise",
   verbose: bool = True,

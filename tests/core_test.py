@@ -13,7 +13,7 @@ from metalearn import algorithms, core
 from metalearn import episodes as ep
 from metalearn.models import Model
 
-STRATEGIES = ["vmap", "map", "unroll", "chunk:1", "chunk:2", "chunk:4"]
+STRATEGIES = ["vmap", "map", "unroll", "chunk:1", "chunk:2", "chunk:4", "unroll:2", "unroll:4"]
 
 # Tests need fast compiles, not fast code (LLVM -O0; results are the same).
 _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -83,7 +83,9 @@ def test_strategies_give_equal_meta_steps(learner, sinusoid_batch):
     )
 
 
-@pytest.mark.parametrize("strategy", ["pmap", "chunk:0", "chunk:", "chunk:x", "chunk:-2", "Vmap"])
+@pytest.mark.parametrize(
+  "strategy", ["pmap", "chunk:0", "chunk:", "chunk:x", "chunk:-2", "Vmap", "unroll:0", "map:2"]
+)
 def test_bad_strategy_errors(learner, strategy):
   with pytest.raises(ValueError, match="strategy"):
     core.batch_over_tasks(learner.meta_loss, strategy)
@@ -167,3 +169,30 @@ def test_meta_step_rejects_unbatched_episode(learner, sinusoid_batch):
   state = core.init_state(learner, optimizer, jax.random.key(0), one)
   with pytest.raises(ValueError, match=r"episode\.support\.mask"):
     core.make_meta_step(learner, optimizer)(state, one)
+
+
+def test_auto_strategy_vmaps_dense_networks_and_unrolls_convolutions_on_cpu(
+  learner, theta, sinusoid_batch
+):
+  keys = jax.random.split(jax.random.key(1), 4)
+  assert jax.default_backend() == "cpu"
+  assert core.auto_strategy(learner.meta_loss, theta, sinusoid_batch, keys) == "vmap"
+
+  from metalearn.algorithms.maml import maml
+  from metalearn.models import Conv4
+
+  conv = maml(Conv4(ways=2, channels=2, blocks=1), inner_lr=0.1, objective="cross_entropy")
+  x = np.zeros((4, 2, 4, 4, 1), np.float32)
+  y = np.zeros((4, 2), np.int32)
+  batch = ep.Episode(
+    ep.make_split(x, y, np.ones((4, 2), bool)), ep.make_split(x, y, np.ones((4, 2), bool))
+  )
+  conv_theta = conv.init(jax.random.key(0), ep.task(batch, 0))
+  assert core.auto_strategy(conv.meta_loss, conv_theta, batch, keys) == "unroll"
+  many = jax.random.split(jax.random.key(1), 40)
+  big = jax.tree_util.tree_map(lambda a: np.repeat(a, 10, axis=0), batch)
+  assert core.auto_strategy(conv.meta_loss, conv_theta, big, many) == "unroll:20"
+  # "auto" gives the same numbers as the strategy it picks.
+  got = core.batch_over_tasks(conv.meta_loss, "auto")(conv_theta, batch, keys)[0]
+  want = core.batch_over_tasks(conv.meta_loss, "vmap")(conv_theta, batch, keys)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -40,8 +40,9 @@ def base() -> config_dict.ConfigDict:
   c.num_val_tasks = 100
   c.num_eval_tasks = 1000
   c.eval_batch_size = 100
-  # "unroll" is the fastest for MAML on Conv4 on a CPU (DESIGN.md); metric learners: "vmap".
-  c.strategy = "unroll"
+  # "auto": vmap, except convolutional learners on a CPU, where tasks are unrolled
+  # (measured fastest; docs/results.md "How tasks are batched").
+  c.strategy = "auto"
   c.on_nonfinite = "raise"
   c.num_devices = 0
   c.sample_shards = 0

@@ -20,8 +20,8 @@ yet): 5-way 1-shot 98.7 ± 0.4%, 5-shot 99.9 ± 0.1%; 20-way 1-shot 95.8 ± 0.3%
 5-shot 98.9 ± 0.2%. Other gradient-based methods:
 `--config.method=fomaml|metasgd|anil|reptile|metacurvature|imaml`.
 
-The task batching strategy is "unroll", measured fastest for MAML on Conv4 on
-a CPU (DESIGN.md); on a GPU or TPU try "vmap".
+The task batching strategy is "auto": tasks unrolled on a CPU (measured
+fastest for MAML on Conv4; docs/results.md), `vmap` on a GPU or TPU.
 
 Smoke variant (a few steps, for CI): `--config=experiments/configs/maml_omniglot.py:smoke`.
 
@@ -47,5 +47,4 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.inner_steps = 1
   c.eval_inner_steps = 3
   c.eval_batch_size = 32  # tasks unrolled per evaluation program
-  c.strategy = "unroll"
   return _omniglot.finish(c, arg)

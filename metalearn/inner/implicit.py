@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import optax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
+from metalearn import _jaxpr
 from metalearn.inner import cg
 from metalearn.inner.gradient import LossFn, check_steps, gradient_descent
 from metalearn.types import Metrics, Params, PyTree
@@ -156,7 +157,12 @@ def implicit_system(loss_fn: LossFn, phi: Params, lam: float) -> tuple[Params, c
 
   `H v` is forward-over-reverse (`jax.linearize` of `jax.grad`): the gradient
   computation is linearised once and each product costs about one more
-  gradient; no Hessian is formed.
+  gradient; no Hessian is formed. Networks with layers that define only
+  reverse-mode derivatives (`jax.custom_vjp`, such as the convolution of
+  `metalearn.models.Conv4`) cannot be differentiated forward; for them the
+  product is reverse-over-reverse (`jax.vjp` of `jax.grad`, using H = H^T),
+  the same numbers at a somewhat larger memory cost, still independent of the
+  number of inner steps.
 
   Args:
     loss_fn: `phi -> scalar`, the inner loss (without the proximal term).
@@ -166,7 +172,14 @@ def implicit_system(loss_fn: LossFn, phi: Params, lam: float) -> tuple[Params, c
   Returns:
     `(grad loss_fn(phi), matvec)`.
   """
-  grad, hvp = jax.linearize(jax.grad(loss_fn), phi)
+  if _jaxpr.uses_primitive(loss_fn, (phi,), ("custom_vjp",)):
+    grad, vjp = jax.vjp(jax.grad(loss_fn), phi)
+
+    def hvp(v):
+      return vjp(v)[0]
+
+  else:
+    grad, hvp = jax.linearize(jax.grad(loss_fn), phi)
 
   def matvec(v):
     return jax.tree_util.tree_map(lambda a, h: a + h / lam, v, hvp(v))

@@ -1,0 +1,116 @@
+r"""FLOPs per meta-step (XLA's cost analysis), achieved GFLOP/s, and the machine's matmul peak.
+
+  python -m benchmarks.flops --out=flops.json [--workloads=maml,fomaml,protonet] [--repeats=5]
+
+For each workload, the compiled meta-step's FLOP count comes from
+`compiled.cost_analysis()` (what XLA will execute; with one inner step, so
+that no loop body is counted once for several iterations), the step is timed
+warm (median of `--repeats`), and FLOPs / time is the achieved rate. The
+machine's peak is a float32 matrix product of `--matmul_size`² timed the same
+way (jit, warm, median); the ratio achieved / peak says how much of the
+hardware's arithmetic the step uses. Workloads: second-order MAML (`maml`) and
+first-order MAML (`fomaml`) on Conv4 Omniglot 5-way 1-shot, 15 queries,
+meta-batch 32 (the `benchmarks/compare_torch.py` step), and one ProtoNets
+5-way 1-shot 15-query episode (`protonet`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+from benchmarks import common
+from metalearn import algorithms, core
+from metalearn import episodes as ep
+from metalearn.models import Conv4
+
+_WORKLOADS = flags.DEFINE_list("workloads", ["maml", "fomaml", "protonet"], "steps to measure")
+_META_BATCH = flags.DEFINE_integer("meta_batch_size", 32, "MAML tasks per meta-step")
+_STRATEGY = flags.DEFINE_string("strategy", "auto", "task batching strategy")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps")
+_MATMUL = flags.DEFINE_integer("matmul_size", 4096, "side of the peak-rate matrix product")
+_OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost["flops"])
+
+
+def matmul_peak(n: int, repeats: int) -> dict:
+  """GFLOP/s of an `[n, n] @ [n, n]` float32 product, jitted and warm."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul).lower(a, b).compile()
+  t = common.time_calls(lambda: jax.block_until_ready(f(a, b)), repeats=repeats)
+  return {"size": n, "gflops": 2 * n**3 / 1e9, **t, "gflop_per_s": 2 * n**3 / 1e9 / t["median_s"]}
+
+
+def _batch(t: int, queries: int) -> ep.Episode:
+  rng = np.random.default_rng(0)
+
+  def split(k):
+    x = rng.uniform(size=(t, 5 * k, 28, 28, 1)).astype(np.float32)
+    y = np.tile(np.repeat(np.arange(5), k), (t, 1)).astype(np.int32)
+    return ep.make_split(x, y, np.ones((t, 5 * k), bool))
+
+  return ep.Episode(split(1), split(queries))
+
+
+def step_rate(workload: str) -> dict:
+  """FLOPs, compile time, median step time and GFLOP/s of one workload's meta-step."""
+  if workload == "protonet":
+    learner = algorithms.get("protonet")(Conv4(ways=None), ways=5)
+    batch = _batch(1, 15)
+  else:
+    learner = algorithms.get(workload)(
+      Conv4(ways=5), inner_lr=0.4, inner_steps=1, objective="cross_entropy"
+    )
+    batch = _batch(_META_BATCH.value, 15)
+  optimizer = optax.adam(1e-3)
+  batch = jax.device_put(batch)
+  state = core.init_state(learner, optimizer, jax.random.PRNGKey(0), ep.task(batch, 0))
+  start = time.perf_counter()
+  compiled = jax.jit(core.make_meta_step(learner, optimizer, strategy=_STRATEGY.value))
+  compiled = compiled.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  flops = _flops(compiled)
+  t = common.time_calls(
+    lambda: jax.block_until_ready(compiled(state, batch)), repeats=_REPEATS.value, warmup=1
+  )
+  return {
+    "workload": workload,
+    "tasks": ep.num_tasks(batch),
+    "compile_s": compile_s,
+    "gflops_per_step": flops / 1e9,
+    **t,
+    "gflop_per_s": flops / 1e9 / t["median_s"],
+  }
+
+
+def main(argv):
+  del argv
+  peak = matmul_peak(_MATMUL.value, max(_REPEATS.value, 5))
+  print(f"matmul {peak['size']}^2 float32: {peak['gflop_per_s']:.1f} GFLOP/s (peak reference)")
+  rows = []
+  for w in _WORKLOADS.value:
+    r = step_rate(w)
+    r["fraction_of_peak"] = r["gflop_per_s"] / peak["gflop_per_s"]
+    rows.append(r)
+    print(
+      f"{w:9s} {r['gflops_per_step']:8.1f} GFLOP/step  {r['median_s']:.3f} s/step"
+      f"  {r['gflop_per_s']:6.1f} GFLOP/s  {100 * r['fraction_of_peak']:5.1f}% of peak"
+      f"  (compile {r['compile_s']:.1f} s)",
+      flush=True,
+    )
+  common.write_json(_OUT.value, {"machine": common.machine(), "matmul_peak": peak, "rows": rows})
+
+
+if __name__ == "__main__":
+  app.run(main)

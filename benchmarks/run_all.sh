@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every CPU benchmark of docs/results.md in one go (about 14 minutes on a 2-core
+# CPU; run it on an otherwise idle machine):
+#
+#   bash benchmarks/run_all.sh [OUT_DIR] [DATA_DIR]   # default OUT_DIR: benchmarks/results/cpu
+#
+# DATA_DIR is a prepared Omniglot TFDS folder (or set METALEARN_OMNIGLOT_DIR to
+# the authors' zips); without one the sampler benchmark is skipped. Needs the
+# `torch` extra: pip install -e '.[torch]'.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR=${1:-benchmarks/results/cpu}
+DATA_DIR=${2:-}
+PYTHON=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+echo "== FLOPs per meta-step, achieved rate, matmul peak (about 3 minutes)"
+"$PYTHON" -m benchmarks.flops --out="$OUT_DIR/flops.json" | tee "$OUT_DIR/flops.txt"
+
+echo "== metalearn against PyTorch: sinusoid, ProtoNets, Conv4 MAML 1 inner step (about 6 minutes)"
+"$PYTHON" -m benchmarks.compare_torch --inner_steps=1 --repeats=3 \
+  --out="$OUT_DIR/compare_torch.json" | tee "$OUT_DIR/compare_torch.txt"
+
+echo "== Conv4 MAML with 5 inner steps, second order (about 4 minutes)"
+"$PYTHON" -m benchmarks.compare_torch --workloads=conv4 --inner_steps=5 --orders=second \
+  --repeats=3 --out="$OUT_DIR/compare_torch_5steps.json" | tee "$OUT_DIR/compare_torch_5steps.txt"
+
+if [[ -n "$DATA_DIR" || -n "${METALEARN_OMNIGLOT_DIR:-}" ]]; then
+  echo "== Omniglot episodic sampler"
+  "$PYTHON" -m benchmarks.sampler ${DATA_DIR:+--data_dir="$DATA_DIR"} \
+    --out="$OUT_DIR/sampler.json" | tee "$OUT_DIR/sampler.txt"
+else
+  echo "== no Omniglot data given: sampler benchmark skipped"
+fi
