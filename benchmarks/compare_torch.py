@@ -169,15 +169,6 @@ def _torch_impl(name, make, jax_side, repeats, **extra):
   return row
 
 
-def _conv4_batch(rng, t, ways, shots, queries):
-  def split(k):
-    x = rng.uniform(size=(t, ways * k, 28, 28, 1)).astype(np.float32)
-    y = np.tile(np.repeat(np.arange(ways), k), (t, 1)).astype(np.int32)
-    return ep.make_split(x, y, np.ones((t, ways * k), bool))
-
-  return ep.Episode(split(shots), split(queries))
-
-
 def _conv4_tensors(batch, dtype):
   from benchmarks import torch_reference as tr
 
@@ -199,7 +190,7 @@ def conv4_rows(steps: int, order: str) -> list[dict]:
   learner = algorithms.get(method)(
     Conv4(ways=5), inner_lr=0.4, inner_steps=steps, objective="cross_entropy"
   )
-  batch = _conv4_batch(np.random.default_rng(0), _META_BATCH.value, 5, 1, 15)
+  batch = common.image_episodes(_META_BATCH.value, 5, 1, 15)
   print(f"conv4 {method} steps={steps}: compiling metalearn ...", flush=True)
   j = _Jax(learner, batch, _STRATEGY.value)
   info = {"workload": "conv4", "method": method, "inner_steps": steps}
@@ -298,7 +289,7 @@ def protonet_rows() -> list[dict]:
   from benchmarks import torch_reference as tr
 
   learner = algorithms.get("protonet")(Conv4(ways=None), ways=5)
-  batch = _conv4_batch(np.random.default_rng(0), 1, 5, 1, 15)
+  batch = common.image_episodes(1, 5, 1, 15)
   j = _Jax(learner, batch, _STRATEGY.value)
   info = {"workload": "protonet", "method": "protonet", "inner_steps": 0}
   timing = j.time(_REPEATS.value * 4)

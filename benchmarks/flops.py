@@ -20,7 +20,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import app, flags
 
@@ -57,17 +56,6 @@ def matmul_peak(n: int, repeats: int) -> dict:
   return {"size": n, "gflops": 2 * n**3 / 1e9, **t, "gflop_per_s": 2 * n**3 / 1e9 / t["median_s"]}
 
 
-def _batch(t: int, queries: int) -> ep.Episode:
-  rng = np.random.default_rng(0)
-
-  def split(k):
-    x = rng.uniform(size=(t, 5 * k, 28, 28, 1)).astype(np.float32)
-    y = np.tile(np.repeat(np.arange(5), k), (t, 1)).astype(np.int32)
-    return ep.make_split(x, y, np.ones((t, 5 * k), bool))
-
-  return ep.Episode(split(1), split(queries))
-
-
 def step_rate(workload: str, strategy: str) -> dict:
   """FLOPs, compile time, median step time and GFLOP/s of one workload's meta-step.
 
@@ -77,12 +65,12 @@ def step_rate(workload: str, strategy: str) -> dict:
   """
   if workload == "protonet":
     learner = algorithms.get("protonet")(Conv4(ways=None), ways=5)
-    batch = _batch(1, 15)
+    batch = common.image_episodes(1, 5, 1, 15)
   else:
     learner = algorithms.get(workload)(
       Conv4(ways=5), inner_lr=0.4, inner_steps=1, objective="cross_entropy"
     )
-    batch = _batch(_META_BATCH.value, 15)
+    batch = common.image_episodes(_META_BATCH.value, 5, 1, 15)
   optimizer = optax.adam(1e-3)
   batch = jax.device_put(batch)
   state = core.init_state(learner, optimizer, jax.random.PRNGKey(0), ep.task(batch, 0))
