@@ -34,6 +34,7 @@ _STRATEGIES = flags.DEFINE_list(
   "strategies", ["auto"], "task batching strategies to measure (each workload with each)"
 )
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps")
+_QUERIES = flags.DEFINE_integer("queries", 15, "query images per class")
 _MATMUL = flags.DEFINE_integer("matmul_size", 4096, "side of the peak-rate matrix product")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
@@ -65,12 +66,12 @@ def step_rate(workload: str, strategy: str) -> dict:
   """
   if workload == "protonet":
     learner = algorithms.get("protonet")(Conv4(ways=None), ways=5)
-    batch = common.image_episodes(1, 5, 1, 15)
+    batch = common.image_episodes(1, 5, 1, _QUERIES.value)
   else:
     learner = algorithms.get(workload)(
       Conv4(ways=5), inner_lr=0.4, inner_steps=1, objective="cross_entropy"
     )
-    batch = common.image_episodes(_META_BATCH.value, 5, 1, 15)
+    batch = common.image_episodes(_META_BATCH.value, 5, 1, _QUERIES.value)
   optimizer = optax.adam(1e-3)
   batch = jax.device_put(batch)
   state = core.init_state(learner, optimizer, jax.random.PRNGKey(0), ep.task(batch, 0))
@@ -97,6 +98,7 @@ def step_rate(workload: str, strategy: str) -> dict:
     "workload": workload,
     "strategy": chosen,
     "tasks": ep.num_tasks(batch),
+    "queries_per_class": _QUERIES.value,
     "compile_s": compile_s,
     "gflops_per_step": flops / 1e9,
     **t,
