@@ -70,10 +70,6 @@ def _rel(a, b) -> float:
   return float(np.sqrt(num / max(den, 1e-30)))
 
 
-def _block(tree):
-  return jax.block_until_ready(tree)
-
-
 def _f64(tree):
   return jax.tree_util.tree_map(
     lambda a: np.asarray(a, np.float64) if np.asarray(a).dtype == np.float32 else a, tree
@@ -116,7 +112,7 @@ class _Jax:
       self.reference["float64"] = loss_and_grads(_f64(self.state.theta), _f64(batch))
 
   def run(self):
-    return _block(self.step(self.state, self.batch))
+    return jax.block_until_ready(self.step(self.state, self.batch))
 
   def time(self, repeats):
     return common.time_calls(self.run, repeats=repeats, warmup=_WARMUP.value)
@@ -256,7 +252,7 @@ def sinusoid_rows() -> list[dict]:
 
   def jax_step():
     fresh = tasks.sample(np.random.default_rng([0, next(counter)]), t)
-    _block(j.step(j.state, fresh))
+    jax.block_until_ready(j.step(j.state, fresh))
 
   timing = common.time_calls(jax_step, repeats=_SIN_REPEATS.value, warmup=10)
   rows = [{**info, "impl": "metalearn", "strategy": "vmap", "compile_s": j.compile_s, **timing}]

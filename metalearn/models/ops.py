@@ -17,6 +17,10 @@ window) which XLA:CPU runs at about 2 GFLOP/s, and the second derivative of
 Measured on Conv4 second-order MAML (docs/results.md, `benchmarks/compare_torch.py`).
 The values are those of the plain operations to float rounding, first and
 second derivatives included (tests/models_test.py).
+
+Limitation: a custom VJP has no forward-mode derivative, so `jax.jvp` /
+`jax.linearize` through `conv2d_same` fail; iMAML's Hessian-vector products
+detect this and use reverse-over-reverse (`metalearn.inner.implicit`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
   n, h, w, c = x.shape
   ph, pw = kh // 2, kw // 2
   xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
-  # Stacking on a new axis before the channels is about 3x faster on XLA:CPU
-  # than concatenating along the channels, and gives the same layout.
+  # Stacked on a new axis before the channels: the layout of concatenating
+  # along the channels, which XLA:CPU was slower at in isolation.
   windows = [xp[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)]
   return jnp.stack(windows, axis=3).reshape(n, h, w, kh * kw * c)
 
