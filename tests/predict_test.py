@@ -1,7 +1,9 @@
-"""experiments/predict.py: a smoke ProtoNets run classifies folders of generated images."""
+"""experiments/predict.py and evaluate.py: a smoke ProtoNets run classifies folders of
+generated images and is evaluated on episodes of other shapes."""
 
 import collections
 import csv
+import json
 import os
 import re
 import shutil
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import predict, train
+from experiments import evaluate, predict, train
 from experiments.configs import maml_omniglot, protonet_omniglot, sinusoid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,3 +223,40 @@ def test_sinusoid_run_is_refused(tmp_path):
   workdir = _run_folder(tmp_path, sinusoid.get_config("smoke"))
   with pytest.raises(ValueError, match="task is 'sinusoid'"):
     predict.predict(workdir, support, query)
+
+
+def test_evaluate_reproduces_the_runs_own_evaluation(protonet_run, monkeypatch):
+  """The run's own shape, episode count and batch size: the same episodes, the same accuracy."""
+  monkeypatch.setattr(train, "load_omniglot", _fake_omniglot)
+  config = predict.load_config(protonet_run)
+  with open(os.path.join(protonet_run, "eval.json")) as f:
+    expected = json.load(f)["metrics"]["accuracy"]
+  report = evaluate.evaluate(
+    protonet_run, num_tasks=config.num_eval_tasks, batch_size=config.eval_batch_size
+  )
+  assert (report["ways"], report["shots"], report["queries"]) == (5, 1, config.eval_queries)
+  assert report["metrics"]["accuracy"]["n"] == config.num_eval_tasks
+  np.testing.assert_allclose(report["metrics"]["accuracy"]["mean"], expected["mean"], rtol=1e-6)
+
+
+def test_evaluate_other_ways_and_shots(protonet_run, monkeypatch, tmp_path):
+  """A 5-way 1-shot ProtoNets run scored on 8-way 3-shot episodes; the binary writes the JSON."""
+  monkeypatch.setattr(train, "load_omniglot", _fake_omniglot)
+  report = evaluate.evaluate(protonet_run, ways=8, shots=3, queries=2, num_tasks=6, batch_size=4)
+  acc = report["metrics"]["accuracy"]
+  assert (report["ways"], report["shots"], report["queries"]) == (8, 3, 2)
+  assert report["trained"] == {"ways": 5, "shots": 1}
+  assert acc["n"] == 6 and 0.0 <= acc["mean"] <= 1.0 and acc["nonfinite"] == 0
+  # Accuracy is a multiple of 1 / (8 ways x 2 queries) per episode.
+  per_episode = acc["mean"] * 6 * 16
+  assert abs(per_episode - round(per_episode)) < 1e-4
+  with pytest.raises(ValueError, match="--ways=1: must be an integer >= 2"):
+    evaluate.evaluate(protonet_run, ways=1)
+  with pytest.raises(ValueError, match="cannot hold these episodes"):
+    evaluate.evaluate(protonet_run, ways=11)  # the fake test split has 10 classes
+
+
+def test_evaluate_fixed_head_keeps_its_ways(tmp_path):
+  workdir = _run_folder(tmp_path, maml_omniglot.get_config("smoke"))
+  with pytest.raises(ValueError, match="trained 5-way and its classifier head has 5 outputs"):
+    evaluate.evaluate(workdir, ways=20)

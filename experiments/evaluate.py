@@ -1,0 +1,154 @@
+r"""Evaluates a trained Omniglot run on held-out episodes of another N-way K-shot setting.
+
+  python -m experiments.evaluate --workdir=runs/protonet_omniglot --ways=20 --shots=5 \
+      [--queries=5] [--num_tasks=1000] [--out=FILE.json]
+
+Prototypical Networks are trained on one episode shape and reported on several
+(Snell et al. train 1-shot models on 60-way episodes and test 5- and 20-way);
+this binary is that second half. It loads the run's settings (`config.json`)
+and its newest checkpoint, draws `--num_tasks` test episodes of the requested
+shape from the run's test split (the same seed and stream as the run's final
+evaluation, so asking for the run's own setting reproduces its `eval.json`),
+and writes `accuracy` (mean and 95% CI over episodes) in eval.json's format to
+`--out` (default `<workdir>/eval_<ways>way_<shots>shot.json`).
+
+Metric learners (ProtoNets, Matching, Relation) take any number of ways and
+shots. Gradient-based methods have a head with the run's `ways` outputs: they
+can change shots and queries, not ways, and report accuracy after the run's
+`eval_inner_steps` inner steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import optax
+from absl import app, flags, logging
+
+from experiments import predict, train
+from metalearn import algorithms, core, training
+
+
+def evaluate(
+  workdir: str,
+  *,
+  ways: int | None = None,
+  shots: int | None = None,
+  queries: int | None = None,
+  num_tasks: int = 1000,
+  batch_size: int = 100,
+  verbose: bool = True,
+) -> dict:
+  """Accuracy of the run in `workdir` on test episodes of the given shape.
+
+  Args:
+    workdir: an Omniglot run written by `experiments.meta_train`.
+    ways, shots, queries: episode shape (default: the run's `ways`, `shots`,
+      `eval_queries`).
+    num_tasks: test episodes, > 0.
+    batch_size: episodes per compiled evaluation call, > 0.
+    verbose: print progress and the result.
+
+  Returns:
+    `{"method", "trained": {"ways", "shots"}, "ways", "shots", "queries",
+    "num_tasks", "metrics": {name: {"mean", "ci95", "n", "nonfinite"}}}`, with
+    `accuracy` among the metrics.
+
+  Raises:
+    FileNotFoundError: the run, its config or its checkpoints are missing.
+    ValueError: one line naming the flag for a shape the run cannot take.
+  """
+  config = predict.load_config(workdir)
+  train_ways, train_shots = config.ways, config.shots
+  ways = train_ways if ways is None else ways
+  shots = config.shots if shots is None else shots
+  queries = config.eval_queries if queries is None else queries
+  for name, value, low in (
+    ("ways", ways, 2),
+    ("shots", shots, 1),
+    ("queries", queries, 1),
+    ("num_tasks", num_tasks, 1),
+    ("batch_size", batch_size, 1),
+  ):
+    if not isinstance(value, int) or value < low:
+      raise ValueError(f"--{name}={value!r}: must be an integer >= {low}")
+  if config.method not in algorithms.CLASSIFICATION_ONLY and ways != train_ways:
+    raise ValueError(
+      f"--ways={ways}: the {config.method} run in {workdir} was trained {train_ways}-way and "
+      f"its classifier head has {train_ways} outputs; only metric learners "
+      f"({', '.join(sorted(algorithms.CLASSIFICATION_ONLY))}) change ways"
+    )
+
+  trained = train.build_learner(config)
+  theta = training.restore_theta(
+    workdir, trained, optax.adam(config.outer_lr), predict._example(train_ways), seed=config.seed
+  )
+  config.ways, config.shots, config.eval_queries = ways, shots, queries
+  learner = train.build_learner(config)
+  _, _, test_sampler = train.omniglot_samplers(config, verbose=verbose)
+  batches = training._batches(
+    test_sampler, config.seed, training.TEST_STREAM, num_tasks, min(batch_size, num_tasks)
+  )
+  eval_step = jax.jit(core.make_eval_step(learner, strategy=config.strategy))
+  start = time.time()
+  summary = core.evaluate(eval_step, theta, batches, jax.random.PRNGKey(config.seed + 1))
+  if "accuracy" not in summary:
+    summary = {**summary, "accuracy": summary[f"accuracy@{config.eval_inner_steps}"]}
+  report = {
+    "method": config.method,
+    "trained": {"ways": train_ways, "shots": train_shots},
+    "ways": ways,
+    "shots": shots,
+    "queries": queries,
+    "num_tasks": num_tasks,
+    "metrics": summary,
+  }
+  if verbose:
+    acc = summary["accuracy"]
+    print(
+      f"[{config.method}] {ways}-way {shots}-shot, {num_tasks} test episodes "
+      f"({time.time() - start:.0f} s): accuracy {100 * acc['mean']:.2f} +- "
+      f"{100 * acc['ci95']:.2f}%",
+      flush=True,
+    )
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  try:
+    report = evaluate(
+      f.workdir,
+      ways=f.ways,
+      shots=f.shots,
+      queries=f.queries,
+      num_tasks=f.num_tasks,
+      batch_size=f.batch_size,
+    )
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  out = f.out or os.path.join(f.workdir, f"eval_{report['ways']}way_{report['shots']}shot.json")
+  training.write_json_atomic(out, report)
+  print(f"wrote {out}", flush=True)
+
+
+def define_flags() -> None:
+  """The binary's flags (defined only when run as the binary, as in `predict`)."""
+  flags.DEFINE_string("workdir", None, "a trained Omniglot run (config.json, checkpoints/)")
+  flags.DEFINE_integer("ways", None, "classes per test episode (default: the run's)")
+  flags.DEFINE_integer("shots", None, "support images per class (default: the run's)")
+  flags.DEFINE_integer("queries", None, "query images per class (default: the run's)")
+  flags.DEFINE_integer("num_tasks", 1000, "test episodes")
+  flags.DEFINE_integer("batch_size", 100, "episodes per compiled evaluation call")
+  flags.DEFINE_string("out", None, "JSON file (default: <workdir>/eval_<W>way_<S>shot.json)")
+  flags.mark_flag_as_required("workdir")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
