@@ -3,10 +3,11 @@ r"""Short iMAML meta-training probes on sinusoid (K = 10) for a list of inner se
   python -m benchmarks.imaml_sinusoid_probe \
       --settings=0.01:10:1:5:0,0.01:10:1:5:1,0.02:25:10:5:0 [--steps=4000] [--out=FILE.json]
 
-Each setting is `inner_lr:inner_steps:lam:cg_steps:damping`. A probe meta-trains
+Each setting is `inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip]` (inner_clip:
+global-norm clipping of each inner gradient, off when left out or 0). A probe meta-trains
 iMAML (MLP 40-40, meta-batch 25, Adam 1e-3, seed 0) for `--steps` steps and
 prints the last meta-loss, the last CG residual and the query MSE on 200
-held-out tasks after 0, 1, 10 (and 100) proximal inner steps. docs/results.md
+held-out tasks after 0, 1, 10 and K proximal inner steps. docs/results.md
 uses it to show where iMAML on sinusoid stands.
 """
 
@@ -24,15 +25,17 @@ from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
 
 _SETTINGS = flags.DEFINE_list(
-  "settings", ["0.01:10:1:5:0", "0.01:10:1:5:1"], "inner_lr:inner_steps:lam:cg_steps:damping"
+  "settings",
+  ["0.01:10:1:5:0", "0.01:10:1:5:1"],
+  "inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip]",
 )
 _STEPS = flags.DEFINE_integer("steps", 4000, "meta-steps per probe")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
 
-def probe(lr, steps, lam, cg_steps, damping):
+def probe(lr, steps, lam, cg_steps, damping, clip=0.0):
   train, test = Sinusoid(10, 10), Sinusoid(10, 100)
-  eval_steps = (0, 1, 10, 100) if steps >= 100 else (0, 1, 10)
+  eval_steps = tuple(sorted({0, 1, 10, steps}))
   learner = algorithms.imaml(
     MLP(),
     inner_lr=lr,
@@ -40,6 +43,7 @@ def probe(lr, steps, lam, cg_steps, damping):
     lam=lam,
     cg_steps=cg_steps,
     damping=damping,
+    inner_clip=clip or None,
     eval_steps=eval_steps,
   )
   opt = optax.adam(1e-3)
@@ -48,8 +52,10 @@ def probe(lr, steps, lam, cg_steps, damping):
   step = jax.jit(core.make_meta_step(learner, opt))
   evaluate = jax.jit(core.make_eval_step(learner))
   start = time.time()
+  nonfinite = 0
   for i in range(_STEPS.value):
     state, metrics = step(state, train.sample(np.random.default_rng([1, i]), 25))
+    nonfinite += int(metrics["nonfinite"])
   held_out = [test.sample(np.random.default_rng(5), 200)]
   summary = core.evaluate(evaluate, state.theta, held_out, jax.random.PRNGKey(1))
   return {
@@ -58,6 +64,8 @@ def probe(lr, steps, lam, cg_steps, damping):
     "lam": lam,
     "cg_steps": cg_steps,
     "damping": damping,
+    "inner_clip": clip,
+    "nonfinite_steps": nonfinite,
     "loss": float(metrics["loss"]),
     "cg_residual": float(metrics["cg_residual"]),
     "mse": {k: v["mean"] for k, v in summary.items()},
@@ -69,8 +77,8 @@ def main(argv):
   del argv
   rows = []
   for s in _SETTINGS.value:
-    lr, steps, lam, cg_steps, damping = s.split(":")
-    row = probe(float(lr), int(steps), float(lam), int(cg_steps), float(damping))
+    lr, steps, lam, cg_steps, damping, *clip = s.split(":")
+    row = probe(float(lr), int(steps), float(lam), int(cg_steps), float(damping), *map(float, clip))
     print(row, flush=True)
     rows.append(row)
   common.write_json(

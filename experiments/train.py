@@ -107,6 +107,10 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
       bad("imaml_lam", "the proximal strength lambda must be > 0")
     if config.imaml_cg_steps < 1:
       bad("imaml_cg_steps", "must be >= 1")
+    if not config.get("imaml_damping", 0.0) >= 0:
+      bad("imaml_damping", "must be >= 0")
+    if not config.get("imaml_inner_clip", 0.0) >= 0:
+      bad("imaml_inner_clip", "must be >= 0 (0: no clipping)")
   for field in ("num_devices", "sample_shards"):
     if not isinstance(config[field], int) or config[field] < 0:
       bad(field, "must be an integer >= 0 (0: the default)")
@@ -191,7 +195,13 @@ def build_learner(config, method: str | None = None):
   if method in REMAT_METHODS:
     kwargs["remat"] = config.remat
   if method == "imaml":
-    kwargs.update(lam=config.imaml_lam, cg_steps=config.imaml_cg_steps, solver=config.imaml_solver)
+    kwargs.update(
+      lam=config.imaml_lam,
+      cg_steps=config.imaml_cg_steps,
+      solver=config.imaml_solver,
+      damping=config.get("imaml_damping", 0.0),
+      inner_clip=config.get("imaml_inner_clip", 0.0) or None,
+    )
   model = Conv4(ways=config.ways) if classify else MLP(hidden=tuple(config.hidden), out=1)
   return algorithms.get(method)(model, **kwargs)
 

@@ -55,6 +55,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.imaml_lam = 1.0
   c.imaml_cg_steps = 5
   c.imaml_solver = "cg"
+  c.imaml_damping = 0.0  # solves ((1 + damping) I + H / lam) u = g
+  c.imaml_inner_clip = 0.0  # > 0: clip each inner gradient to this global norm (0: off)
 
   c.num_val_tasks = 100
   c.num_eval_tasks = 1000

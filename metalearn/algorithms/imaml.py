@@ -44,6 +44,7 @@ def imaml(
   cg_steps: int = 5,
   solver: str | implicit.Solver = "cg",
   damping: float = 0.0,
+  inner_clip: float | None = None,
   inner_optimizer: optax.GradientTransformation | None = None,
   eval_steps: tuple[int, ...] = (0, 1, 10),
   objective: str | ep.Objective = "mse",
@@ -88,8 +89,15 @@ def imaml(
     solver: `"cg"`, `"neumann"` or a callable (see `inner.implicit.make_solver`).
     damping: `>= 0`, solves `((1 + damping) I + H / lam) u = g`, for inner
       losses whose Hessian is not positive semi-definite.
+    inner_clip: when given (> 0), the inner SGD clips each gradient of the
+      proximal objective to this global norm. The implicit gradient assumes
+      the inner problem solved and does not see the inner optimizer's
+      stability, so meta-training can move theta to where fixed-step SGD
+      overshoots and diverges (measured on sinusoid: every unclipped setting
+      tried ended non-finite; docs/results.md); clipping bounds each step.
     inner_optimizer: any optax transformation for the inner loop (Adam, as in
-      the paper's Omniglot runs, or SGD); it is never differentiated.
+      the paper's Omniglot runs, or SGD); it is never differentiated and
+      replaces `inner_lr` and `inner_clip`.
     eval_steps: inner step counts reported by `evaluate`.
     objective: `"mse"`, `"cross_entropy"` or an `episodes.Objective`.
 
@@ -98,8 +106,8 @@ def imaml(
 
   Raises:
     ValueError: naming the argument, for `lam <= 0`, `cg_steps < 1`,
-      `damping < 0`, an unknown `solver`, `inner_steps < 0`, `inner_lr <= 0`
-      (when no `inner_optimizer` is given) or bad `eval_steps`.
+      `damping < 0`, `inner_clip <= 0`, an unknown `solver`, `inner_steps < 0`,
+      `inner_lr <= 0` (when no `inner_optimizer` is given) or bad `eval_steps`.
 
   References: Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit
   Gradients. NeurIPS 2019 (Algorithm 2; Neumann alternative: Lorraine et al. 2020).
@@ -113,7 +121,11 @@ def imaml(
     raise ValueError(f"solver must be one of {implicit.SOLVERS} or a callable, got {solver!r}")
   inner.gradient.check_steps(inner_steps)
   eval_steps = common.check_eval_steps(eval_steps)
+  if inner_clip is not None and not float(inner_clip) > 0:
+    raise ValueError(f"inner_clip must be > 0 (or None: no clipping), got {inner_clip}")
   optimizer = inner_optimizer or inner.sgd(inner_lr)
+  if inner_optimizer is None and inner_clip is not None:
+    optimizer = optax.chain(optax.clip_by_global_norm(float(inner_clip)), optimizer)
   solve = implicit.make_solver(solver, num_steps=cg_steps, damping=damping)
   model, objective = as_model(model), ep.get_objective(objective)
 

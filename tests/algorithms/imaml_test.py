@@ -58,6 +58,8 @@ def test_registered():
     ({"inner_steps": -1}, "inner_steps"),
     ({"inner_lr": 0.0}, "inner_lr"),
     ({"eval_steps": ()}, "eval_steps"),
+    ({"inner_clip": 0.0}, "inner_clip"),
+    ({"inner_clip": -1.0}, "inner_clip"),
   ],
 )
 def test_bad_arguments_raise_at_factory_time(kwargs, match):
@@ -228,3 +230,25 @@ def test_imaml_on_conv4_gives_finite_gradients_shaped_like_theta():
   # Every layer gets a learning signal (the normalisation offsets and scales included).
   for name, group in grads["params"].items():
     assert optax.global_norm(group) > 0, name
+
+
+def test_inner_clip_bounds_each_step_and_is_inert_when_loose(sinusoid_batch):
+  """One clipped SGD step moves phi by exactly lr * clip when the gradient is longer than clip."""
+  episode = ep.task(sinusoid_batch, 0)
+  plain = imaml(models.MLP(hidden=(16,)), inner_lr=0.02, inner_steps=1, lam=1.0)
+  theta = plain.init(jax.random.PRNGKey(0), episode)
+  key = jax.random.PRNGKey(1)
+  phi = plain.adapt(theta, episode.support, key)
+  step = optax.global_norm(jax.tree_util.tree_map(jnp.subtract, phi, theta["params"]))
+  assert float(step) > 0.02 * 0.1  # the unclipped gradient is longer than the clip below
+  clipped = imaml(models.MLP(hidden=(16,)), inner_lr=0.02, inner_steps=1, lam=1.0, inner_clip=0.1)
+  phi_c = clipped.adapt(theta, episode.support, key)
+  step_c = optax.global_norm(jax.tree_util.tree_map(jnp.subtract, phi_c, theta["params"]))
+  np.testing.assert_allclose(float(step_c), 0.02 * 0.1, rtol=1e-5)
+  loose = imaml(models.MLP(hidden=(16,)), inner_lr=0.02, inner_steps=1, lam=1.0, inner_clip=1e6)
+  for a, b in zip(
+    jax.tree_util.tree_leaves(loose.adapt(theta, episode.support, key)),
+    jax.tree_util.tree_leaves(phi),
+    strict=True,
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
