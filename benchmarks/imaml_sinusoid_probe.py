@@ -7,8 +7,10 @@ Each setting is `inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip]` (inner_
 global-norm clipping of each inner gradient, off when left out or 0). A probe meta-trains
 iMAML (MLP 40-40, meta-batch 25, Adam 1e-3, seed 0) for `--steps` steps and
 prints the last meta-loss, the last CG residual and the query MSE on 200
-held-out tasks after 0, 1, 10 and K proximal inner steps. docs/results.md
-uses it to show where iMAML on sinusoid stands.
+held-out tasks after 0, 1, 10 and K proximal inner steps; `--eval_every=N` adds
+a trace line every N meta-steps (loss, CG residual, inner gradient norm at phi,
+held-out MSE), and `--inner_optimizer=adam` swaps the inner SGD for Adam at the
+same rate. docs/results.md uses it to show where iMAML on sinusoid stands.
 """
 
 import time
@@ -30,6 +32,12 @@ _SETTINGS = flags.DEFINE_list(
   "inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip]",
 )
 _STEPS = flags.DEFINE_integer("steps", 4000, "meta-steps per probe")
+_EVAL_EVERY = flags.DEFINE_integer(
+  "eval_every", 0, "also evaluate and print a trace line every this many meta-steps (0: off)"
+)
+_OPTIMIZER = flags.DEFINE_enum(
+  "inner_optimizer", "sgd", ["sgd", "adam"], "inner optimizer (adam: optax.adam(inner_lr))"
+)
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
 
@@ -44,6 +52,7 @@ def probe(lr, steps, lam, cg_steps, damping, clip=0.0):
     cg_steps=cg_steps,
     damping=damping,
     inner_clip=clip or None,
+    inner_optimizer=optax.adam(lr) if _OPTIMIZER.value == "adam" else None,
     eval_steps=eval_steps,
   )
   opt = optax.adam(1e-3)
@@ -51,12 +60,23 @@ def probe(lr, steps, lam, cg_steps, damping, clip=0.0):
   state = core.init_state(learner, opt, jax.random.PRNGKey(0), example)
   step = jax.jit(core.make_meta_step(learner, opt))
   evaluate = jax.jit(core.make_eval_step(learner))
+  held_out = [test.sample(np.random.default_rng(5), 200)]
   start = time.time()
-  nonfinite = 0
+  nonfinite, trace = 0, []
   for i in range(_STEPS.value):
     state, metrics = step(state, train.sample(np.random.default_rng([1, i]), 25))
     nonfinite += int(metrics["nonfinite"])
-  held_out = [test.sample(np.random.default_rng(5), 200)]
+    if _EVAL_EVERY.value and (i + 1) % _EVAL_EVERY.value == 0 and i + 1 < _STEPS.value:
+      summary = core.evaluate(evaluate, state.theta, held_out, jax.random.PRNGKey(1))
+      trace.append(
+        {
+          "step": i + 1,
+          "nonfinite_steps": nonfinite,
+          **{k: float(metrics[k]) for k in ("loss", "cg_residual", "inner_grad_norm")},
+          "mse": {k: v["mean"] for k, v in summary.items()},
+        }
+      )
+      print("  ", trace[-1], flush=True)
   summary = core.evaluate(evaluate, state.theta, held_out, jax.random.PRNGKey(1))
   return {
     "inner_lr": lr,
@@ -65,10 +85,13 @@ def probe(lr, steps, lam, cg_steps, damping, clip=0.0):
     "cg_steps": cg_steps,
     "damping": damping,
     "inner_clip": clip,
+    "inner_optimizer": _OPTIMIZER.value,
     "nonfinite_steps": nonfinite,
     "loss": float(metrics["loss"]),
     "cg_residual": float(metrics["cg_residual"]),
+    "inner_grad_norm": float(metrics["inner_grad_norm"]),
     "mse": {k: v["mean"] for k, v in summary.items()},
+    "trace": trace,
     "seconds": time.time() - start,
   }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU benchmarks of the PyTorch comparison in one go (about 15 minutes on a
+# The CPU benchmarks of the PyTorch comparison in one go (about 13 minutes on a
 # 2-core CPU, most of it the Conv4 steps of both frameworks and their compiles;
 # run it on an otherwise idle machine):
 #
@@ -9,10 +9,12 @@
 # the authors' zips); without one the sampler benchmark is skipped. Needs the
 # `torch` extra: pip install -e '.[torch]'.
 #
-# Two things keep it short. XLA's persistent compilation cache (a fresh folder
-# per run, deleted at the end) lets flops.py load the meta-steps compare_torch.py
-# has just compiled instead of compiling them again; the compile times
-# compare_torch.py reports are real compiles, flops.py's are then cache loads.
+# Two things keep it short (787 s on the 2-core machine of docs/results.md).
+# XLA's persistent compilation cache (a fresh folder per run, deleted at the
+# end) lets flops.py load the meta-steps compare_torch.py has just compiled;
+# on XLA:CPU a load still regenerates machine code (about 60 s instead of 85 s
+# for the MAML step). The compile times compare_torch.py reports are real
+# compiles; flops.py's are then cache loads.
 # torch.func is left out on the CPU: it is 3-4x slower than the per-task loop
 # there and would add about 2.5 minutes; its CPU rows come from
 #   python -m benchmarks.compare_torch --workloads=conv4 --inner_steps=1 --impls=func --repeats=3
@@ -30,17 +32,17 @@ rm -rf "$CACHE_DIR"
 export JAX_COMPILATION_CACHE_DIR="$CACHE_DIR"
 trap 'rm -rf "$CACHE_DIR"' EXIT
 
-echo "== metalearn against PyTorch: Conv4 MAML 1 inner step, sinusoid, ProtoNets (about 6 minutes)"
+echo "== metalearn against PyTorch: Conv4 MAML 1 inner step, sinusoid, ProtoNets"
 "$PYTHON" -m benchmarks.compare_torch --inner_steps=1 --impls=loop,higher --repeats=3 \
   --out="$OUT_DIR/compare_torch.json" | tee "$OUT_DIR/compare_torch.txt"
 
 # torch.func is left out here as above; its float64 agreement check with 5
 # second-order steps vmapped over 32 tasks also needs more than 24 GiB of memory.
-echo "== Conv4 MAML with 5 inner steps, second order (about 5 minutes)"
+echo "== Conv4 MAML with 5 inner steps, second order"
 "$PYTHON" -m benchmarks.compare_torch --workloads=conv4 --inner_steps=5 --orders=second \
   --impls=loop,higher --repeats=3 --out="$OUT_DIR/compare_torch_5steps.json" | tee "$OUT_DIR/compare_torch_5steps.txt"
 
-echo "== FLOPs per meta-step, achieved rate, matmul peak (about 1 minute with the cache)"
+echo "== FLOPs per meta-step, achieved rate, matmul peak"
 "$PYTHON" -m benchmarks.flops --out="$OUT_DIR/flops.json" | tee "$OUT_DIR/flops.txt"
 
 if [[ -n "$DATA_DIR" || -n "${METALEARN_OMNIGLOT_DIR:-}" ]]; then
