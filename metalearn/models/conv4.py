@@ -42,9 +42,11 @@ class SameConv(nn.Module):
   """3x3 (or any odd size) stride-1 SAME convolution without bias, via `ops.conv2d_same`.
 
   Its parameter is `kernel [kh, kw, c_in, features]`, named and initialised as
-  in `flax.linen.Conv(features, (3, 3), padding="SAME", use_bias=False)`, so the
-  two load each other's parameters; only the derivatives are computed differently
-  (faster on a CPU; see `metalearn/models/ops.py`).
+  in `flax.linen.Conv(features, (3, 3), padding="SAME", use_bias=False,
+  kernel_init=nn.initializers.xavier_uniform())` (Glorot uniform; flax's own
+  default would be LeCun normal), so the two load each other's parameters;
+  only the derivatives are computed differently (faster on a CPU; see
+  `metalearn/models/ops.py`).
 
   Attributes:
     features: output channels.
