@@ -1,6 +1,7 @@
 r"""FLOPs per meta-step (XLA's cost analysis), achieved GFLOP/s, and the machine's matmul peak.
 
-  python -m benchmarks.flops --out=flops.json [--workloads=maml,fomaml,protonet] [--repeats=5]
+  python -m benchmarks.flops --out=flops.json [--workloads=maml,fomaml,protonet,relation] \
+      [--repeats=5]
 
 For each workload, the compiled meta-step's FLOP count comes from
 `compiled.cost_analysis()` (what XLA will execute; with one inner step, so
@@ -10,8 +11,10 @@ machine's peak is a float32 matrix product of `--matmul_size`² timed the same
 way (jit, warm, median); the ratio achieved / peak says how much of the
 hardware's arithmetic the step uses. Workloads: second-order MAML (`maml`) and
 first-order MAML (`fomaml`) on Conv4 Omniglot 5-way 1-shot, 15 queries,
-meta-batch 32 (the `benchmarks/compare_torch.py` step), and one ProtoNets
-5-way 1-shot 15-query episode (`protonet`).
+meta-batch 32 (the `benchmarks/compare_torch.py` step), one ProtoNets
+5-way 1-shot 15-query episode (`protonet`), and, on request, one Relation
+Networks 5-way 1-shot 19-query episode (`relation`, the training episode of
+`experiments/configs/relation_omniglot.py`).
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def step_rate(workload: str, strategy: str) -> dict:
   if workload == "protonet":
     learner = algorithms.get("protonet")(Conv4(ways=None), ways=5)
     batch = common.image_episodes(1, 5, 1, _QUERIES.value)
+  elif workload == "relation":
+    learner = algorithms.get("relation")(ways=5)
+    batch = common.image_episodes(1, 5, 1, 19)
   else:
     learner = algorithms.get(workload)(
       Conv4(ways=5), inner_lr=0.4, inner_steps=1, objective="cross_entropy"

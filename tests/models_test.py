@@ -104,3 +104,34 @@ def test_implicit_system_hessian_products_through_conv4(x64):
     strict=True,
   ):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_relation_module_score_equals_scoring_every_pair():
+  """`score` (first convolution per map) gives `__call__`'s scores on the concatenated pairs."""
+  from metalearn.models.relation import RelationModule
+
+  ways, m = 3, 4
+  key1, key2, key3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  classes = jax.random.normal(key1, (ways, 7, 7, 8))
+  queries = jax.random.normal(key2, (m, 7, 7, 8))
+  module = RelationModule(channels=6, hidden=5)
+  pairs = jnp.concatenate(
+    [
+      jnp.broadcast_to(classes[None], (m, *classes.shape)),
+      jnp.broadcast_to(queries[:, None], (m, ways, *queries.shape[1:])),
+    ],
+    axis=-1,
+  ).reshape(m * ways, 7, 7, 16)
+  params = module.init(key3, pairs)
+  want = module.apply(params, pairs).reshape(m, ways)
+  got = module.apply(params, classes, queries, method=RelationModule.score)
+  assert got.shape == (m, ways)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert set(params["params"]) == {
+    "block_0_conv",
+    "block_0_norm",
+    "block_1_conv",
+    "block_1_norm",
+    "fc",
+    "out",
+  }

@@ -94,3 +94,23 @@ def test_conv4_embedding_without_head():
 def test_ways_must_be_at_least_two(name):
   with pytest.raises(ValueError, match="ways"):
     algorithms.REGISTRY[name](IDENTITY, ways=1)
+
+
+def test_relation_default_module_scores_like_the_generic_pair_path():
+  """The default RelationModule goes through `score`; wrapped as a plain Model it scores pairs."""
+  from metalearn.models import as_model
+  from metalearn.models.relation import RelationEmbedding, RelationModule
+
+  module = RelationModule(channels=8, hidden=4)
+  fast = algorithms.relation(RelationEmbedding(channels=8), ways=3, relation_module=module)
+  generic = algorithms.relation(
+    RelationEmbedding(channels=8), ways=3, relation_module=as_model(module)
+  )
+  rng = np.random.default_rng(0)
+  support = _split(rng.random((6, 28, 28, 1)), [0, 1, 2, 0, 1, 2])
+  query = _split(rng.random((5, 28, 28, 1)), [0, 1, 2, 0, 1])
+  theta = fast.init(jax.random.PRNGKey(0), ep.Episode(support, query))
+  want = generic.predict(generic.adapt(theta, support, None), query.x)
+  got = fast.predict(fast.adapt(theta, support, None), query.x)
+  assert got.shape == (5, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
