@@ -15,8 +15,9 @@
 # on XLA:CPU a load still regenerates machine code (about 60 s instead of 85 s
 # for the MAML step). The compile times compare_torch.py reports are real
 # compiles; flops.py's are then cache loads.
-# torch.func is left out on the CPU: it is 3-4x slower than the per-task loop
-# there and would add about 2.5 minutes; its CPU rows come from
+# torch.func is left out on the CPU: it is 6-10x slower than the per-task loop
+# there (docs/results.md), and its agreement check and timed steps would add
+# minutes; its CPU rows come from
 #   python -m benchmarks.compare_torch --workloads=conv4 --inner_steps=1 --impls=func --repeats=3
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -24,7 +24,6 @@ import os
 import time
 
 import jax
-import optax
 from absl import app, flags, logging
 
 from experiments import predict, train
@@ -81,21 +80,17 @@ def evaluate(
       f"({', '.join(sorted(algorithms.CLASSIFICATION_ONLY))}) change ways"
     )
 
-  trained = train.build_learner(config)
-  theta = training.restore_theta(
-    workdir, trained, optax.adam(config.outer_lr), predict._example(train_ways), seed=config.seed
-  )
+  theta = predict.load_theta(workdir, config)
   config.ways, config.shots, config.eval_queries = ways, shots, queries
   learner = train.build_learner(config)
   _, _, test_sampler = train.omniglot_samplers(config, verbose=verbose)
-  batches = training._batches(
+  batches = training.fixed_batches(
     test_sampler, config.seed, training.TEST_STREAM, num_tasks, min(batch_size, num_tasks)
   )
   eval_step = jax.jit(core.make_eval_step(learner, strategy=config.strategy))
   start = time.time()
   summary = core.evaluate(eval_step, theta, batches, jax.random.PRNGKey(config.seed + 1))
-  if "accuracy" not in summary:
-    summary = {**summary, "accuracy": summary[f"accuracy@{config.eval_inner_steps}"]}
+  summary = train.with_plain_accuracy(config, summary)
   report = {
     "method": config.method,
     "trained": {"ways": train_ways, "shots": train_shots},

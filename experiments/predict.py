@@ -214,6 +214,14 @@ def load_config(workdir: str) -> config_dict.ConfigDict:
   return config
 
 
+def load_theta(workdir: str, config: config_dict.ConfigDict):
+  """The meta-parameters of the newest checkpoint of the run (`config` from `load_config`)."""
+  learner = train.build_learner(config)
+  return training.restore_theta(
+    workdir, learner, optax.adam(config.outer_lr), _example(config.ways), seed=config.seed
+  )
+
+
 def _example(ways: int) -> ep.Episode:
   """An episode shaped like the run's, for building the state to restore into."""
   split = ep.make_split(
@@ -269,15 +277,9 @@ def predict(
     raise ValueError(f"--inner_steps={inner_steps}: must be >= 0")
   steps = None if metric else (config.eval_inner_steps if inner_steps is None else inner_steps)
 
-  trained = train.build_learner(config)
-  theta = training.restore_theta(
-    workdir, trained, optax.adam(config.outer_lr), _example(train_ways), seed=config.seed
-  )
-  if ways == train_ways:
-    learner = trained
-  else:
-    config.ways = ways  # metric learners: the same theta, N-way scoring
-    learner = train.build_learner(config)
+  theta = load_theta(workdir, config)
+  config.ways = ways  # metric learners: the same theta, N-way scoring
+  learner = train.build_learner(config)
 
   def classify(theta, support_split, x, key):
     return learner.predict(learner.adapt(theta, support_split, key, num_steps=steps), x)

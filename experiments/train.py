@@ -307,6 +307,13 @@ def sinusoid_figure(config, path, runs) -> None:
   )
 
 
+def with_plain_accuracy(config, summary: dict) -> dict:
+  """`summary` with `accuracy` = `accuracy@{eval_inner_steps}` where only the latter is there."""
+  if "accuracy" in summary:
+    return summary
+  return {**summary, "accuracy": summary[f"accuracy@{config.eval_inner_steps}"]}
+
+
 def add_plain_accuracy(config, workdir: str, summary: dict) -> dict:
   """Omniglot, gradient-based methods: `accuracy` = `accuracy@{eval_inner_steps}`.
 
@@ -316,7 +323,7 @@ def add_plain_accuracy(config, workdir: str, summary: dict) -> dict:
   """
   if "accuracy" in summary:
     return summary
-  summary = {**summary, "accuracy": summary[f"accuracy@{config.eval_inner_steps}"]}
+  summary = with_plain_accuracy(config, summary)
   if parallel.is_primary():
     path = os.path.join(workdir, "eval.json")
     with open(path) as f:

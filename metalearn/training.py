@@ -150,8 +150,12 @@ class TrainResult(NamedTuple):
   eval_summary: dict[str, dict[str, float | int]]
 
 
-def _batches(sampler: Sampler, seed: int, stream: int, num_tasks: int, batch_size: int):
-  """A fixed list of evaluation batches (the same for every call with these arguments)."""
+def fixed_batches(sampler: Sampler, seed: int, stream: int, num_tasks: int, batch_size: int):
+  """A fixed list of evaluation batches (the same for every call with these arguments).
+
+  `meta_train` draws its validation (`VAL_STREAM`) and test (`TEST_STREAM`)
+  episodes this way; `experiments.evaluate` redraws the test ones.
+  """
   out, index = [], 0
   while num_tasks > 0:
     size = min(batch_size, num_tasks)
@@ -368,7 +372,7 @@ def meta_train(
 
     return parallel.sample_global_batch(piece, meta_batch_size, mesh, num_pieces)
 
-  val_batches = _batches(val_sampler, seed, VAL_STREAM, num_val_tasks, eval_batch_size)
+  val_batches = fixed_batches(val_sampler, seed, VAL_STREAM, num_val_tasks, eval_batch_size)
   eval_key = jax.random.PRNGKey(seed + 1)
 
   def validate(step: int) -> None:
@@ -441,7 +445,7 @@ def meta_train(
     t0 += time.time() - paused  # the step rate counts training only
   manager.wait_until_finished()
 
-  test_batches = _batches(eval_sampler, seed, TEST_STREAM, num_eval_tasks, eval_batch_size)
+  test_batches = fixed_batches(eval_sampler, seed, TEST_STREAM, num_eval_tasks, eval_batch_size)
   t_eval = time.time()
   summary = core.evaluate(eval_step, state.theta, test_batches, eval_key)
   writer.log(
