@@ -44,6 +44,7 @@ IDENTITY_FIELDS = (
   "strategy",
   "ways",
   "split_protocol",
+  "outer_lr_halve_every",
 )
 TASKS = ("sinusoid", "omniglot")
 # The MAML-family learners that take `remat`.
@@ -84,6 +85,9 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
   for field in ("outer_lr", "inner_lr"):
     if not config[field] > 0:
       bad(field, "learning rates must be > 0")
+  halve = config.get("outer_lr_halve_every", 0)
+  if not isinstance(halve, int) or halve < 0:
+    bad("outer_lr_halve_every", "must be an integer >= 0 (0: constant learning rate)")
   if config.inner_steps is not None and config.inner_steps < 0:
     bad("inner_steps", "must be >= 0")
   if config.task == "omniglot":
@@ -157,6 +161,8 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
 def _identity(config) -> dict:
   """The identity fields; those a task does not have (e.g. omniglot's `hidden`) are None."""
   d = {k: config.get(k) for k in IDENTITY_FIELDS}
+  # 0 (constant rate) is what runs from before the field existed used.
+  d["outer_lr_halve_every"] = d["outer_lr_halve_every"] or None
   if d["hidden"] is not None:
     d["hidden"] = list(d["hidden"])
   return d
@@ -247,6 +253,17 @@ def omniglot_samplers(config, *, verbose: bool = True):
   )
 
 
+def outer_learning_rate(config) -> float | optax.Schedule:
+  """`outer_lr`, halved every `outer_lr_halve_every` meta-steps when that is > 0.
+
+  Snell et al. (2017) halve Adam's rate every 2,000 episodes; 0 (the default) keeps it constant.
+  """
+  every = config.get("outer_lr_halve_every", 0)
+  if not every:
+    return config.outer_lr
+  return optax.exponential_decay(config.outer_lr, every, 0.5, staircase=True)
+
+
 def build_task(config, method: str | None = None, *, verbose: bool = True):
   """`(train sampler, validation sampler, test sampler, learner)` for `config.task`."""
   if config.task == "omniglot":
@@ -261,7 +278,7 @@ def _train(config, workdir, method, *, verbose=True):
   result = training.meta_train(
     learner,
     train_sampler,
-    optimizer=optax.adam(config.outer_lr),
+    optimizer=optax.adam(outer_learning_rate(config)),
     num_steps=config.num_steps,
     meta_batch_size=config.meta_batch_size,
     workdir=workdir,

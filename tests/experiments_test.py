@@ -60,6 +60,7 @@ def test_every_method_smoke(tmp_path, method):
     ("--config.outer_lr=0.0", "--config.outer_lr=0.0"),
     ("--config.num_steps=-1", "--config.num_steps=-1"),
     ("--config.inner_steps=-2", "--config.inner_steps=-2"),
+    ("--config.outer_lr_halve_every=-5", "--config.outer_lr_halve_every=-5"),
   ],
 )
 def test_bad_config_fails_in_one_line_before_anything(tmp_path, flag, fragment):
@@ -98,6 +99,16 @@ def test_other_run_in_workdir_is_refused_and_kept(tmp_path):
   with pytest.raises(ValueError, match="method='maml'"):
     train.validate(config, str(tmp_path))
   assert before == {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)}
+
+
+def test_outer_learning_rate_halves_every_k_steps():
+  config = sinusoid.get_config("smoke")
+  assert train.outer_learning_rate(config) == config.outer_lr  # 0: constant
+  with config.unlocked():
+    config.outer_lr, config.outer_lr_halve_every = 1e-3, 2000
+  schedule = train.outer_learning_rate(config)
+  rates = [float(schedule(step)) for step in (0, 1999, 2000, 3999, 4000, 6000)]
+  assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 1.25e-4], rel=1e-6)
 
 
 def test_unknown_config_variant():

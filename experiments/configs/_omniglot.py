@@ -21,6 +21,7 @@ def base() -> config_dict.ConfigDict:
   c.meta_batch_size = 32
 
   c.outer_lr = 1e-3
+  c.outer_lr_halve_every = 0  # > 0: halve outer_lr every this many meta-steps
   c.inner_lr = 0.4
   c.inner_steps = 1  # during meta-training (gradient-based methods)
   c.eval_inner_steps = 3  # `accuracy` in eval.json is `accuracy@<this>`

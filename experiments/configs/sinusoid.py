@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.hidden = (40, 40)
 
   c.outer_lr = 1e-3
+  c.outer_lr_halve_every = 0  # > 0: halve outer_lr every this many meta-steps
   c.inner_lr = 0.01
   # Inner steps during meta-training; None takes the method's default
   # (1 for the MAML family as in the paper, 5 for Reptile, 10 for iMAML).
