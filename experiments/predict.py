@@ -51,7 +51,6 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-import optax
 from absl import app, flags, logging
 from ml_collections import config_dict
 
@@ -218,7 +217,7 @@ def load_theta(workdir: str, config: config_dict.ConfigDict):
   """The meta-parameters of the newest checkpoint of the run (`config` from `load_config`)."""
   learner = train.build_learner(config)
   return training.restore_theta(
-    workdir, learner, optax.adam(config.outer_lr), _example(config.ways), seed=config.seed
+    workdir, learner, train.outer_optimizer(config), _example(config.ways), seed=config.seed
   )
 
 

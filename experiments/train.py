@@ -264,6 +264,15 @@ def outer_learning_rate(config) -> float | optax.Schedule:
   return optax.exponential_decay(config.outer_lr, every, 0.5, staircase=True)
 
 
+def outer_optimizer(config) -> optax.GradientTransformation:
+  """The meta-optimizer of a run: Adam at `outer_learning_rate(config)`.
+
+  Restoring a checkpoint needs the same optimizer (its state's structure), so
+  evaluation and prediction build it here too.
+  """
+  return optax.adam(outer_learning_rate(config))
+
+
 def build_task(config, method: str | None = None, *, verbose: bool = True):
   """`(train sampler, validation sampler, test sampler, learner)` for `config.task`."""
   if config.task == "omniglot":
@@ -278,7 +287,7 @@ def _train(config, workdir, method, *, verbose=True):
   result = training.meta_train(
     learner,
     train_sampler,
-    optimizer=optax.adam(outer_learning_rate(config)),
+    optimizer=outer_optimizer(config),
     num_steps=config.num_steps,
     meta_batch_size=config.meta_batch_size,
     workdir=workdir,

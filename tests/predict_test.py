@@ -260,3 +260,18 @@ def test_evaluate_fixed_head_keeps_its_ways(tmp_path):
   workdir = _run_folder(tmp_path, maml_omniglot.get_config("smoke"))
   with pytest.raises(ValueError, match="trained 5-way and its classifier head has 5 outputs"):
     evaluate.evaluate(workdir, ways=20)
+
+
+def test_evaluate_a_run_with_a_learning_rate_schedule(tmp_path, monkeypatch):
+  """A run trained with `outer_lr_halve_every` restores (its optimizer state has a schedule)."""
+  monkeypatch.setattr(train, "load_omniglot", _fake_omniglot)
+  config = protonet_omniglot.get_config("smoke")
+  with config.unlocked():
+    config.outer_lr_halve_every = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  with open(os.path.join(tmp_path, "eval.json")) as f:
+    expected = json.load(f)["metrics"]["accuracy"]
+  report = evaluate.evaluate(
+    str(tmp_path), num_tasks=config.num_eval_tasks, batch_size=config.eval_batch_size
+  )
+  np.testing.assert_allclose(report["metrics"]["accuracy"]["mean"], expected["mean"], rtol=1e-6)
