@@ -22,7 +22,9 @@ Expected (the paper's Table 1): 5-way 1-shot 98.7 ± 0.4%, 5-shot 99.9 ± 0.1%;
 98.78 ± 0.30% after 6,000 (`--config.num_steps=6000`, 76 minutes on a 2-core
 CPU, where a meta-step takes about 0.6 s and the full schedule about 10
 hours); the other settings are not measured yet. Other gradient-based methods:
-`--config.method=fomaml|metasgd|anil|reptile|metacurvature|imaml`.
+`--config.method=fomaml|metasgd|anil|reptile|metacurvature|imaml`; after
+2,000 meta-steps on the 2-core CPU, 5-way 1-shot: Meta-SGD 98.54 ± 0.35%,
+ANIL 97.12 ± 0.51%, first-order MAML 88.88 ± 0.87% (paper 98.3 after 60,000).
 
 The task batching strategy is "auto": tasks unrolled on a CPU (measured
 fastest for MAML on Conv4; docs/results.md), `vmap` on a GPU or TPU.
