@@ -8,13 +8,19 @@ Prototypical Networks are trained on one episode shape and reported on several
 this binary is that second half. It loads the run's settings (`config.json`)
 and its newest checkpoint, draws `--num_tasks` test episodes of the requested
 shape from the run's test split (the same seed and stream as the run's final
-evaluation, so asking for the run's own setting reproduces its `eval.json`),
+evaluation, so asking for the run's own setting with `--batch_size=<the run's
+eval_batch_size>` reproduces its `eval.json`),
 and writes `accuracy` (mean and 95% CI over episodes) in eval.json's format to
 `--out` (default `<workdir>/eval_<ways>way_<shots>shot.json`).
 
 Metric learners (ProtoNets, Matching, Relation) take any number of ways and
-shots. Gradient-based methods have a head with the run's `ways` outputs: they
-can change shots and queries, not ways, and report accuracy after the run's
+shots. Episodes are evaluated `--batch_size` at a time (default 100, fewer for
+large episodes: `default_batch_size`). Each batch is drawn from its own seed,
+so the batch size also picks the episodes: pass the same `--batch_size` (the
+run's `eval_batch_size` for its own setting) to reproduce a number.
+
+Gradient-based methods have a head with the run's `ways` outputs: they can
+change shots and queries, not ways, and report accuracy after the run's
 `eval_inner_steps` inner steps.
 """
 
@@ -28,6 +34,28 @@ from absl import app, flags, logging
 
 from experiments import predict, train
 from metalearn import algorithms, core, training
+from metalearn.data.sampler import EpisodicSampler
+
+MAX_BATCH = 100
+PAIRS_PER_BATCH = 200_000
+
+
+def default_batch_size(ways: int, queries: int) -> int:
+  """Episodes per compiled evaluation call for an episode shape.
+
+  `MAX_BATCH`, or fewer where a batch would hold more than `PAIRS_PER_BATCH`
+  (class, query image) pairs, `episodes * ways * ways * queries`: Relation
+  Networks run their relation module on every such pair, and 100 episodes of
+  20-way 1-shot with 19 queries need more than 20 GB. 100 episodes for every
+  5-way shape and for 20-way with 5 queries; 26 for 20-way with 19.
+
+  Args:
+    ways, queries: the episode shape, each >= 1.
+
+  Returns:
+    An int in [1, MAX_BATCH].
+  """
+  return max(1, min(MAX_BATCH, PAIRS_PER_BATCH // (ways * ways * queries)))
 
 
 def evaluate(
@@ -37,7 +65,7 @@ def evaluate(
   shots: int | None = None,
   queries: int | None = None,
   num_tasks: int = 1000,
-  batch_size: int = 100,
+  batch_size: int | None = None,
   verbose: bool = True,
 ) -> dict:
   """Accuracy of the run in `workdir` on test episodes of the given shape.
@@ -47,7 +75,9 @@ def evaluate(
     ways, shots, queries: episode shape (default: the run's `ways`, `shots`,
       `eval_queries`).
     num_tasks: test episodes, > 0.
-    batch_size: episodes per compiled evaluation call, > 0.
+    batch_size: episodes per compiled evaluation call, > 0 (default:
+      `default_batch_size` of the shape). Each batch has its own seed, so this
+      also selects the episodes drawn.
     verbose: print progress and the result.
 
   Returns:
@@ -64,6 +94,8 @@ def evaluate(
   ways = train_ways if ways is None else ways
   shots = config.shots if shots is None else shots
   queries = config.eval_queries if queries is None else queries
+  if batch_size is None and all(isinstance(v, int) and v >= 1 for v in (ways, queries)):
+    batch_size = default_batch_size(ways, queries)
   for name, value, low in (
     ("ways", ways, 2),
     ("shots", shots, 1),
@@ -83,7 +115,7 @@ def evaluate(
   theta = predict.load_theta(workdir, config)
   config.ways, config.shots, config.eval_queries = ways, shots, queries
   learner = train.build_learner(config)
-  _, _, test_sampler = train.omniglot_samplers(config, verbose=verbose)
+  test_sampler = _test_sampler(config)
   batches = training.fixed_batches(
     test_sampler, config.seed, training.TEST_STREAM, num_tasks, min(batch_size, num_tasks)
   )
@@ -109,6 +141,24 @@ def evaluate(
       flush=True,
     )
   return report
+
+
+def _test_sampler(config) -> EpisodicSampler:
+  """The sampler of the run's test split for `config`'s (already overridden) shape.
+
+  Only the test split is checked: a 5-shot evaluation of a run trained with 19
+  queries per class is fine although its training episodes would not be.
+  """
+  splits = train.load_omniglot(
+    config.data_dir or None, zip_dir=config.zip_dir or None, split_protocol=config.split_protocol
+  )
+  try:
+    return EpisodicSampler(splits["test"], config.ways, config.shots, config.eval_queries)
+  except ValueError as e:
+    raise ValueError(
+      f"--ways={config.ways} --shots={config.shots} --queries={config.eval_queries}: "
+      f"the run's omniglot test split cannot hold these episodes: {e}"
+    ) from None
 
 
 def main(argv):
@@ -139,7 +189,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("shots", None, "support images per class (default: the run's)")
   flags.DEFINE_integer("queries", None, "query images per class (default: the run's)")
   flags.DEFINE_integer("num_tasks", 1000, "test episodes")
-  flags.DEFINE_integer("batch_size", 100, "episodes per compiled evaluation call")
+  flags.DEFINE_integer(
+    "batch_size", None, "episodes per compiled evaluation call (default: by episode size)"
+  )
   flags.DEFINE_string("out", None, "JSON file (default: <workdir>/eval_<W>way_<S>shot.json)")
   flags.mark_flag_as_required("workdir")
 

@@ -252,8 +252,32 @@ def test_evaluate_other_ways_and_shots(protonet_run, monkeypatch, tmp_path):
   assert abs(per_episode - round(per_episode)) < 1e-4
   with pytest.raises(ValueError, match="--ways=1: must be an integer >= 2"):
     evaluate.evaluate(protonet_run, ways=1)
-  with pytest.raises(ValueError, match="cannot hold these episodes"):
+  with pytest.raises(ValueError, match=r"--ways=11 .*test split cannot hold these episodes"):
     evaluate.evaluate(protonet_run, ways=11)  # the fake test split has 10 classes
+  with pytest.raises(ValueError, match=r"--shots=5 --queries=16: .*test split"):
+    evaluate.evaluate(protonet_run, shots=5, queries=16)
+  # Only the test split's episodes matter: a run trained with 19 queries per
+  # class (as Relation Networks are) is scored on 5-shot episodes.
+  run = str(tmp_path / "trained_with_19_queries")
+  shutil.copytree(protonet_run, run)
+  with open(os.path.join(run, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(run, "config.json"), "w") as f:
+    json.dump({**config, "queries": 19}, f)
+  report = evaluate.evaluate(run, shots=5, queries=5, num_tasks=2)
+  assert report["metrics"]["accuracy"]["n"] == 2
+
+
+def test_evaluate_default_batch_bounds_the_class_query_pairs():
+  """100 episodes where they fit; Relation-sized 20-way batches shrink; never below 1."""
+  assert evaluate.default_batch_size(5, 19) == evaluate.MAX_BATCH
+  assert evaluate.default_batch_size(20, 5) == evaluate.MAX_BATCH
+  for ways, queries in ((20, 19), (60, 5), (200, 19)):
+    size = evaluate.default_batch_size(ways, queries)
+    assert 1 <= size < evaluate.MAX_BATCH
+    assert size == 1 or size * ways * ways * queries <= evaluate.PAIRS_PER_BATCH
+    assert (size + 1) * ways * ways * queries > evaluate.PAIRS_PER_BATCH
+  assert evaluate.default_batch_size(20, 19) == 26
 
 
 def test_evaluate_fixed_head_keeps_its_ways(tmp_path):
