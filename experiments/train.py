@@ -113,6 +113,8 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
       bad("imaml_cg_steps", "must be >= 1")
     if not config.get("imaml_damping", 0.0) >= 0:
       bad("imaml_damping", "must be >= 0")
+    if not config.get("imaml_lam_damping", 0.0) >= 0:
+      bad("imaml_lam_damping", "must be >= 0")
     if not config.get("imaml_inner_clip", 0.0) >= 0:
       bad("imaml_inner_clip", "must be >= 0 (0: no clipping)")
   for field in ("num_devices", "sample_shards"):
@@ -206,6 +208,7 @@ def build_learner(config, method: str | None = None):
       cg_steps=config.imaml_cg_steps,
       solver=config.imaml_solver,
       damping=config.get("imaml_damping", 0.0),
+      lam_damping=config.get("imaml_lam_damping", 0.0),
       inner_clip=config.get("imaml_inner_clip", 0.0) or None,
     )
   model = Conv4(ways=config.ways) if classify else MLP(hidden=tuple(config.hidden), out=1)

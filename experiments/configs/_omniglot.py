@@ -30,6 +30,7 @@ def base() -> config_dict.ConfigDict:
   c.imaml_cg_steps = 5
   c.imaml_solver = "cg"
   c.imaml_damping = 0.0  # solves ((1 + damping) I + H / lam) u = g
+  c.imaml_lam_damping = 0.0  # > 0: H / (lam + lam_damping) in that system only
   c.imaml_inner_clip = 0.0  # > 0: clip each inner gradient to this global norm (0: off)
 
   # Data: load_omniglot(data_dir or None, zip_dir=zip_dir or None, ...): an

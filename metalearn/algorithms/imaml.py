@@ -44,6 +44,7 @@ def imaml(
   cg_steps: int = 5,
   solver: str | implicit.Solver = "cg",
   damping: float = 0.0,
+  lam_damping: float = 0.0,
   inner_clip: float | None = None,
   inner_optimizer: optax.GradientTransformation | None = None,
   eval_steps: tuple[int, ...] = (0, 1, 10),
@@ -89,6 +90,12 @@ def imaml(
     solver: `"cg"`, `"neumann"` or a callable (see `inner.implicit.make_solver`).
     damping: `>= 0`, solves `((1 + damping) I + H / lam) u = g`, for inner
       losses whose Hessian is not positive semi-definite.
+    lam_damping: `>= 0`, added to lam in that system only (not in the inner
+      problem): `((1 + damping) I + H / (lam + lam_damping)) u = g`. The
+      authors' released Omniglot code (aravindr93/imaml_dev) solves
+      `2 u + H u / (lam + 10)`, i.e. damping 1 and lam_damping 10, with lam 2,
+      16 GD steps at lr 0.1 and 5 CG steps; a heuristic that weakens the
+      curvature correction, not part of the paper's derivation.
     inner_clip: when given (> 0), the inner SGD clips each gradient of the
       proximal objective to this global norm. The implicit gradient assumes
       the inner problem solved and does not see the inner optimizer's
@@ -106,7 +113,7 @@ def imaml(
 
   Raises:
     ValueError: naming the argument, for `lam <= 0`, `cg_steps < 1`,
-      `damping < 0`, `inner_clip <= 0`, an unknown `solver`, `inner_steps < 0`,
+      `damping < 0`, `lam_damping < 0`, `inner_clip <= 0`, an unknown `solver`, `inner_steps < 0`,
       `inner_lr <= 0` (when no `inner_optimizer` is given) or bad `eval_steps`.
 
   References: Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit
@@ -117,6 +124,8 @@ def imaml(
     raise ValueError(f"cg_steps must be an int >= 1, got {cg_steps!r}")
   if not float(damping) >= 0:
     raise ValueError(f"damping must be >= 0, got {damping}")
+  if not float(lam_damping) >= 0:
+    raise ValueError(f"lam_damping must be >= 0, got {lam_damping}")
   if not callable(solver) and solver not in implicit.SOLVERS:
     raise ValueError(f"solver must be one of {implicit.SOLVERS} or a callable, got {solver!r}")
   inner.gradient.check_steps(inner_steps)
@@ -143,6 +152,7 @@ def imaml(
       num_steps=inner_steps if num_steps is None else num_steps,
       optimizer=optimizer,
       solver=solve,
+      lam_damping=lam_damping,
     )
     return solve_inner(theta["params"], support)
 
@@ -169,6 +179,7 @@ def imaml(
     num_steps=inner_steps,
     optimizer=optimizer,
     solver=solve,
+    lam_damping=lam_damping,
   )
 
   def meta_loss(theta, episode, key):

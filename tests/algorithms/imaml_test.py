@@ -54,6 +54,7 @@ def test_registered():
     ({"cg_steps": 0}, "cg_steps"),
     ({"cg_steps": 2.5}, "cg_steps"),
     ({"damping": -0.1}, "damping"),
+    ({"lam_damping": -1.0}, "lam_damping"),
     ({"solver": "cholesky"}, "solver"),
     ({"inner_steps": -1}, "inner_steps"),
     ({"inner_lr": 0.0}, "inner_lr"),

@@ -119,6 +119,40 @@ def test_ridge_implicit_gradient_equals_closed_form(lam):
   assert rel_err([flat(grad)], [fd]) < 1e-6
 
 
+@pytest.mark.parametrize(("damping", "lam_damping"), [(0.0, 10.0), (1.0, 10.0), (0.5, 0.0)])
+def test_ridge_damped_system_equals_its_closed_form(damping, lam_damping):
+  """The gradient solves `((1 + damping) I + H / (lam + lam_damping)) u = g_q` at phi*."""
+  lam = 2.0
+  support, query, theta = ridge_problem(seed=3)
+  phi_np, _, _, top_eig = ridge_closed_form(support, query, theta, lam)
+  x = support.x[support.mask]
+  a = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+  h = 2 * a.T @ a / len(a)
+  aq = np.concatenate([query.x, np.ones((len(query.x), 1))], axis=1)
+  g_q = 2 * aq.T @ (aq @ phi_np - query.y[:, 0]) / len(aq)
+  system = (1 + damping) * np.eye(len(h)) + h / (lam + lam_damping)
+  expected = np.linalg.solve(system, g_q)
+  settings = dict(
+    lam=lam,
+    num_steps=2000,
+    optimizer=optax.sgd(1.0 / (top_eig + lam)),
+    solver_steps=10,
+    damping=damping,
+    lam_damping=lam_damping,
+  )
+  with x64():
+    support, query, theta = jax.tree_util.tree_map(jnp.asarray, (support, query, theta))
+    meta_loss = implicit.implicit_meta_loss(ridge_inner, ridge_outer, **settings)
+    grad = jax.jit(jax.grad(lambda t: meta_loss(t, support, query)[0]))(theta)
+    solve = implicit.implicit_solve(ridge_inner, **settings)
+    grad_adapt = jax.jit(jax.grad(lambda t: ridge_outer(solve(t, support), query)[0]))(theta)
+  assert rel_err([flat(grad)], [expected]) < 1e-6
+  assert rel_err([flat(grad_adapt)], [expected]) < 1e-6
+  # The damped solution is not the exact implicit gradient (unless both are 0).
+  exact = np.linalg.solve(np.eye(len(h)) + h / lam, g_q)
+  assert rel_err([expected], [exact]) > 1e-2
+
+
 def test_ridge_neumann_converges_to_cg_answer():
   # lam = 20 > largest Hessian eigenvalue: ||H / lam|| < 1, the series converges.
   support, query, theta = ridge_problem(seed=1)
@@ -291,6 +325,8 @@ def test_bad_arguments_raise():
       implicit.implicit_meta_loss(net_inner, net_outer, lam=lam, num_steps=1, optimizer=sgd)
     with pytest.raises(ValueError, match="lam"):
       implicit.implicit_solve(net_inner, lam=lam, num_steps=1, optimizer=sgd)
+  with pytest.raises(ValueError, match="lam_damping"):
+    implicit.implicit_solve(net_inner, lam=1.0, num_steps=1, optimizer=sgd, lam_damping=-1.0)
   with pytest.raises(ValueError, match="num_steps"):
     implicit.make_solver("cg", num_steps=0)
   with pytest.raises(ValueError, match="damping"):
