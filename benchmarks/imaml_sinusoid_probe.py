@@ -3,8 +3,9 @@ r"""Short iMAML meta-training probes on sinusoid (K = 10) for a list of inner se
   python -m benchmarks.imaml_sinusoid_probe \
       --settings=0.01:10:1:5:0,0.01:10:1:5:1,0.02:25:10:5:0 [--steps=4000] [--out=FILE.json]
 
-Each setting is `inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip]` (inner_clip:
-global-norm clipping of each inner gradient, off when left out or 0). A probe meta-trains
+Each setting is `inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip[:lam_damping]]`
+(inner_clip: global-norm clipping of each inner gradient, off when left out or 0;
+lam_damping: added to lam in the linear system only, 0 when left out). A probe meta-trains
 iMAML (MLP 40-40, meta-batch 25, Adam 1e-3, seed 0) for `--steps` steps and
 prints the last meta-loss, the last CG residual and the query MSE on 200
 held-out tasks after 0, 1, 10 and K proximal inner steps; `--eval_every=N` adds
@@ -29,7 +30,7 @@ from metalearn.models import MLP
 _SETTINGS = flags.DEFINE_list(
   "settings",
   ["0.01:10:1:5:0", "0.01:10:1:5:1"],
-  "inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip]",
+  "inner_lr:inner_steps:lam:cg_steps:damping[:inner_clip[:lam_damping]]",
 )
 _STEPS = flags.DEFINE_integer("steps", 4000, "meta-steps per probe")
 _EVAL_EVERY = flags.DEFINE_integer(
@@ -41,7 +42,7 @@ _OPTIMIZER = flags.DEFINE_enum(
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
 
-def probe(lr, steps, lam, cg_steps, damping, clip=0.0):
+def probe(lr, steps, lam, cg_steps, damping, clip=0.0, lam_damping=0.0):
   train, test = Sinusoid(10, 10), Sinusoid(10, 100)
   eval_steps = tuple(sorted({0, 1, 10, steps}))
   learner = algorithms.imaml(
@@ -51,6 +52,7 @@ def probe(lr, steps, lam, cg_steps, damping, clip=0.0):
     lam=lam,
     cg_steps=cg_steps,
     damping=damping,
+    lam_damping=lam_damping,
     inner_clip=clip or None,
     inner_optimizer=optax.adam(lr) if _OPTIMIZER.value == "adam" else None,
     eval_steps=eval_steps,
@@ -85,6 +87,7 @@ def probe(lr, steps, lam, cg_steps, damping, clip=0.0):
     "cg_steps": cg_steps,
     "damping": damping,
     "inner_clip": clip,
+    "lam_damping": lam_damping,
     "inner_optimizer": _OPTIMIZER.value,
     "nonfinite_steps": nonfinite,
     "loss": float(metrics["loss"]),
@@ -100,8 +103,8 @@ def main(argv):
   del argv
   rows = []
   for s in _SETTINGS.value:
-    lr, steps, lam, cg_steps, damping, *clip = s.split(":")
-    row = probe(float(lr), int(steps), float(lam), int(cg_steps), float(damping), *map(float, clip))
+    lr, steps, lam, cg_steps, *rest = s.split(":")
+    row = probe(float(lr), int(steps), float(lam), int(cg_steps), *map(float, rest))
     print(row, flush=True)
     rows.append(row)
   common.write_json(
