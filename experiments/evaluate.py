@@ -82,7 +82,7 @@ def evaluate(
 
   Returns:
     `{"method", "trained": {"ways", "shots"}, "ways", "shots", "queries",
-    "num_tasks", "metrics": {name: {"mean", "ci95", "n", "nonfinite"}}}`, with
+    "num_tasks", "batch_size", "metrics": {name: {"mean", "ci95", "n", "nonfinite"}}}`, with
     `accuracy` among the metrics.
 
   Raises:
@@ -130,6 +130,7 @@ def evaluate(
     "shots": shots,
     "queries": queries,
     "num_tasks": num_tasks,
+    "batch_size": batch_size,
     "metrics": summary,
   }
   if verbose:

@@ -245,6 +245,7 @@ def test_evaluate_other_ways_and_shots(protonet_run, monkeypatch, tmp_path):
   report = evaluate.evaluate(protonet_run, ways=8, shots=3, queries=2, num_tasks=6, batch_size=4)
   acc = report["metrics"]["accuracy"]
   assert (report["ways"], report["shots"], report["queries"]) == (8, 3, 2)
+  assert report["batch_size"] == 4
   assert report["trained"] == {"ways": 5, "shots": 1}
   assert acc["n"] == 6 and 0.0 <= acc["mean"] <= 1.0 and acc["nonfinite"] == 0
   # Accuracy is a multiple of 1 / (8 ways x 2 queries) per episode.
