@@ -47,7 +47,9 @@ def default_batch_size(ways: int, queries: int) -> int:
   (class, query image) pairs, `episodes * ways * ways * queries`: Relation
   Networks run their relation module on every such pair, and 100 episodes of
   20-way 1-shot with 19 queries need more than 20 GB. 100 episodes for every
-  5-way shape and for 20-way with 5 queries; 26 for 20-way with 19.
+  5-way shape and for 20-way with 5 queries; 26 for 20-way with 19, which
+  still peaked at about 13 GB resident for Relation Networks on CPU: pass a
+  smaller `--batch_size` on a smaller machine.
 
   Args:
     ways, queries: the episode shape, each >= 1.
