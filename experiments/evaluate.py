@@ -96,17 +96,16 @@ def evaluate(
   ways = train_ways if ways is None else ways
   shots = config.shots if shots is None else shots
   queries = config.eval_queries if queries is None else queries
-  if batch_size is None and all(isinstance(v, int) and v >= 1 for v in (ways, queries)):
-    batch_size = default_batch_size(ways, queries)
-  for name, value, low in (
-    ("ways", ways, 2),
-    ("shots", shots, 1),
-    ("queries", queries, 1),
-    ("num_tasks", num_tasks, 1),
-    ("batch_size", batch_size, 1),
-  ):
+
+  def check(name, value, low):
     if not isinstance(value, int) or value < low:
       raise ValueError(f"--{name}={value!r}: must be an integer >= {low}")
+
+  for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1)):
+    check(name, value, low)
+  check("num_tasks", num_tasks, 1)
+  batch_size = default_batch_size(ways, queries) if batch_size is None else batch_size
+  check("batch_size", batch_size, 1)
   if config.method not in algorithms.CLASSIFICATION_ONLY and ways != train_ways:
     raise ValueError(
       f"--ways={ways}: the {config.method} run in {workdir} was trained {train_ways}-way and "
