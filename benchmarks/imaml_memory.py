@@ -1,7 +1,8 @@
 r"""Peak memory and time of one meta-step as the inner loop grows: MAML vs. iMAML.
 
   python -m benchmarks.imaml_memory [--meta_batch_size=1] [--inner_steps=1,5,10,25,50,100] \
-      [--methods=maml,maml_remat,fomaml,imaml] [--out=imaml_memory.json]
+      [--methods=maml,maml_remat,fomaml,imaml] [--out=imaml_memory.json] [--plot=FILE.png]
+  python -m benchmarks.imaml_memory --from_json=imaml_memory.json --plot=FILE.png
 
 The Omniglot Conv4 5-way 1-shot setting with random images: per task a
 support set `[5, 28, 28, 1]` (one image per class) and 15 queries per class
@@ -68,6 +69,10 @@ _LAM = flags.DEFINE_float("lam", 2.0, "iMAML proximal weight")
 _CG = flags.DEFINE_integer("cg_steps", 5, "iMAML CG iterations")
 _TIMEOUT = flags.DEFINE_integer("timeout", 600, "seconds allowed per configuration")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
+_PLOT = flags.DEFINE_string("plot", None, "also draw memory and time against K into this PNG")
+_FROM_JSON = flags.DEFINE_string(
+  "from_json", None, "draw --plot from this earlier --out file instead of measuring"
+)
 _CHILD = flags.DEFINE_string("child", None, "internal: run one 'method:K' and print JSON")
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
@@ -212,11 +217,51 @@ def _fmt(row: dict) -> str:
   )
 
 
+def plot(rows: list[dict], path: str) -> None:
+  """Draws XLA's memory and the step time against K, one line per method, into `path`."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for method in METHODS:
+    ok = sorted(
+      (r for r in rows if r["method"] == method and "error" not in r),
+      key=lambda r: r["inner_steps"],
+    )
+    if not ok:
+      continue
+    ks = [r["inner_steps"] for r in ok]
+    axes[0].plot(ks, [r["xla_total_mb"] for r in ok], marker="o", label=method)
+    axes[1].plot(ks, [r["step_s"] for r in ok], marker="o", label=method)
+  for ax, label in zip(
+    axes, ("XLA memory of one meta-step (MiB)", "seconds per meta-step"), strict=True
+  ):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("inner steps K")
+    ax.set_ylabel(label)
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0].legend()
+  fig.suptitle("Conv4 5-way 1-shot, one task per meta-step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
 def main(argv):
   del argv
   if _CHILD.value:
     method, k = _CHILD.value.split(":")
     print(json.dumps(run_one(method, int(k))), flush=True)
+    return
+  if _FROM_JSON.value:
+    if not _PLOT.value:
+      raise app.UsageError("--from_json only draws a figure: give --plot=FILE.png")
+    with open(_FROM_JSON.value) as f:
+      plot(json.load(f)["results"], _PLOT.value)
     return
   for m in _METHODS.value:
     if m not in METHODS:
@@ -280,6 +325,8 @@ def main(argv):
       "summary": summary,
     },
   )
+  if _PLOT.value:
+    plot(rows, _PLOT.value)
 
 
 if __name__ == "__main__":
