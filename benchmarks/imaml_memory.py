@@ -217,7 +217,7 @@ def _fmt(row: dict) -> str:
   )
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, meta_batch_size: int) -> None:
   """Draws XLA's memory and the step time against K, one line per method, into `path`."""
   import matplotlib
 
@@ -244,7 +244,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_ylabel(label)
     ax.grid(True, which="both", alpha=0.3)
   axes[0].legend()
-  fig.suptitle("Conv4 5-way 1-shot, one task per meta-step")
+  fig.suptitle(f"Conv4 {WAYS}-way {SHOTS}-shot, meta-batch {meta_batch_size}")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -261,7 +261,8 @@ def main(argv):
     if not _PLOT.value:
       raise app.UsageError("--from_json only draws a figure: give --plot=FILE.png")
     with open(_FROM_JSON.value) as f:
-      plot(json.load(f)["results"], _PLOT.value)
+      run = json.load(f)
+    plot(run["results"], _PLOT.value, run["setting"]["meta_batch_size"])
     return
   for m in _METHODS.value:
     if m not in METHODS:
@@ -326,7 +327,7 @@ def main(argv):
     },
   )
   if _PLOT.value:
-    plot(rows, _PLOT.value)
+    plot(rows, _PLOT.value, _BATCH.value)
 
 
 if __name__ == "__main__":
