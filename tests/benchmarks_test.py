@@ -1,7 +1,5 @@
 """Helpers of the benchmark scripts that do not measure anything themselves."""
 
-import json
-
 from benchmarks import imaml_memory
 
 
@@ -14,8 +12,7 @@ def test_imaml_memory_plot_writes_png_and_skips_failed_rows(tmp_path):
       )
   rows.append({"method": "fomaml", "inner_steps": 1, "error": "timed out"})
   png = tmp_path / "memory.png"
-  # The rows go through JSON as `--from_json` reads them back.
-  imaml_memory.plot(json.loads(json.dumps(rows)), str(png), meta_batch_size=1)
+  imaml_memory.plot(rows, str(png), meta_batch_size=1)
   data = png.read_bytes()
   assert data[:8] == b"\x89PNG\r\n\x1a\n"
   assert len(data) > 10_000  # two panels with axes, lines and a legend
