@@ -46,6 +46,15 @@ IDENTITY_FIELDS = (
   "split_protocol",
   "outer_lr_halve_every",
 )
+# iMAML's own fields, part of an iMAML run's identity (other methods ignore them).
+IMAML_IDENTITY_FIELDS = (
+  "imaml_lam",
+  "imaml_cg_steps",
+  "imaml_solver",
+  "imaml_damping",
+  "imaml_lam_damping",
+  "imaml_inner_clip",
+)
 TASKS = ("sinusoid", "omniglot")
 # The MAML-family learners that take `remat`.
 REMAT_METHODS = ("maml", "fomaml", "metasgd", "anil", "metacurvature")
@@ -151,7 +160,7 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
     with open(saved) as f:
       previous = json.load(f)
     mine = _identity(config)
-    diff = [k for k in IDENTITY_FIELDS if previous.get(k) != mine[k]]
+    diff = [k for k in mine if previous.get(k) != mine[k]]
     if diff:
       raise ValueError(
         f"--workdir={workdir} holds a run with other settings "
@@ -161,8 +170,13 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
 
 
 def _identity(config) -> dict:
-  """The identity fields; those a task does not have (e.g. omniglot's `hidden`) are None."""
-  d = {k: config.get(k) for k in IDENTITY_FIELDS}
+  """The identity fields; those a task does not have (e.g. omniglot's `hidden`) are None.
+
+  An iMAML run's identity also holds its `imaml_*` fields: resuming it with
+  another lambda or linear system would silently change the meta-gradient.
+  """
+  fields = IDENTITY_FIELDS + (IMAML_IDENTITY_FIELDS if config.method == "imaml" else ())
+  d = {k: config.get(k) for k in fields}
   # 0 (constant rate) is what runs from before the field existed used.
   d["outer_lr_halve_every"] = d["outer_lr_halve_every"] or None
   if d["hidden"] is not None:

@@ -101,6 +101,27 @@ def test_other_run_in_workdir_is_refused_and_kept(tmp_path):
   assert before == {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)}
 
 
+def test_imaml_settings_are_part_of_an_imaml_runs_identity(tmp_path):
+  config = sinusoid.get_config("smoke")
+  with config.unlocked():
+    config.method, config.baseline, config.num_steps = "imaml", False, 2
+  train.train_and_evaluate(config, str(tmp_path / "imaml"))
+  train.validate(config, str(tmp_path / "imaml"))  # the same settings resume
+  for field, value in [("imaml_lam", 2.0), ("imaml_cg_steps", 3), ("imaml_lam_damping", 10.0)]:
+    changed = config.copy_and_resolve_references()
+    with changed.unlocked():
+      changed[field] = value
+    with pytest.raises(ValueError, match=f"{field}="):
+      train.validate(changed, str(tmp_path / "imaml"))
+  # Another method's run ignores the imaml_* fields it does not use.
+  with config.unlocked():
+    config.method = "maml"
+  train.train_and_evaluate(config, str(tmp_path / "maml"))
+  with config.unlocked():
+    config.imaml_lam = 2.0
+  train.validate(config, str(tmp_path / "maml"))
+
+
 def test_outer_learning_rate_halves_every_k_steps():
   config = sinusoid.get_config("smoke")
   assert train.outer_learning_rate(config) == config.outer_lr  # 0: constant
