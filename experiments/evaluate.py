@@ -154,13 +154,8 @@ def _test_sampler(config) -> EpisodicSampler:
   splits = train.load_omniglot(
     config.data_dir or None, zip_dir=config.zip_dir or None, split_protocol=config.split_protocol
   )
-  try:
-    return EpisodicSampler(splits["test"], config.ways, config.shots, config.eval_queries)
-  except ValueError as e:
-    raise ValueError(
-      f"--ways={config.ways} --shots={config.shots} --queries={config.eval_queries}: "
-      f"the run's omniglot test split cannot hold these episodes: {e}"
-    ) from None
+  flags = f"--ways={config.ways} --shots={config.shots} --queries={config.eval_queries}"
+  return train.split_sampler(splits, "test", config.ways, config.shots, config.eval_queries, flags)
 
 
 def main(argv):

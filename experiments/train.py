@@ -255,19 +255,23 @@ def omniglot_samplers(config, *, verbose: bool = True):
   val_split = "val" if "val" in splits else "test"
 
   def sampler(split, queries):
-    try:
-      return EpisodicSampler(splits[split], config.ways, config.shots, queries)
-    except ValueError as e:
-      raise ValueError(
-        f"--config.ways={config.ways} --config.shots={config.shots} (queries {queries}): "
-        f"the omniglot {split!r} split cannot hold these episodes: {e}"
-      ) from None
+    flags = f"--config.ways={config.ways} --config.shots={config.shots} (queries {queries})"
+    return split_sampler(splits, split, config.ways, config.shots, queries, flags)
 
   return (
     sampler("train", config.queries),
     sampler(val_split, config.eval_queries),
     sampler("test", config.eval_queries),
   )
+
+
+def split_sampler(splits, split: str, ways: int, shots: int, queries: int, flags: str):
+  """`EpisodicSampler` over `splits[split]`; a split too small raises one line naming `flags`."""
+  try:
+    return EpisodicSampler(splits[split], ways, shots, queries)
+  except ValueError as e:
+    msg = f"{flags}: the omniglot {split} split cannot hold these episodes: {e}"
+    raise ValueError(msg) from None
 
 
 def outer_learning_rate(config) -> float | optax.Schedule:
