@@ -29,6 +29,8 @@ def machine() -> dict:
   return {
     "cpu": cpu,
     "cores": os.cpu_count(),
+    # Cores this process may run on (fewer under `taskset`).
+    "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "jax": jax.__version__,

@@ -23,8 +23,9 @@ meta-loss and meta-gradient of each PyTorch implementation are compared with
 metalearn's (relative L2 error over all parameters; reported, and flagged when
 above `--tolerance`). Timing: `--repeats` warm steps after `--warmup`, median
 and min-max; metalearn's compile time and PyTorch's first step are reported
-apart. PyTorch uses `--threads` intra-op threads (default: all cores), XLA its
-default thread pool (all cores).
+apart. PyTorch uses `--threads` intra-op threads (default: every core the
+process may use), XLA its default thread pool (the same cores). Under `taskset
+-c 0` both run on one core.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ _STRATEGY = flags.DEFINE_string("strategy", "auto", "metalearn task batching str
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps (conv4, protonet)")
 _SIN_REPEATS = flags.DEFINE_integer("sinusoid_repeats", 200, "timed steps (sinusoid)")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps before timing")
-_THREADS = flags.DEFINE_integer("threads", 0, "PyTorch threads (0: all cores)")
+_THREADS = flags.DEFINE_integer("threads", 0, "PyTorch threads (0: every usable core)")
 _TORCH_DEVICE = flags.DEFINE_string("torch_device", "auto", "PyTorch device: auto, cpu or cuda")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "agreement bar (relative L2)")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
@@ -352,7 +353,8 @@ def main(argv):
 
   from benchmarks import torch_reference
 
-  threads = _THREADS.value or common.machine()["cores"]
+  m = common.machine()
+  threads = _THREADS.value or m["cores_usable"] or m["cores"]
   torch.set_num_threads(threads)
   device = _TORCH_DEVICE.value
   if device == "auto":
