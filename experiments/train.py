@@ -55,6 +55,9 @@ IMAML_IDENTITY_FIELDS = (
   "imaml_lam_damping",
   "imaml_inner_clip",
 )
+# Identity fields whose 0 means "off", which is what runs from before the field
+# existed used: 0 and a missing field compare equal.
+ZERO_IS_OFF = ("outer_lr_halve_every", "imaml_damping", "imaml_lam_damping", "imaml_inner_clip")
 TASKS = ("sinusoid", "omniglot")
 # The MAML-family learners that take `remat`.
 REMAT_METHODS = ("maml", "fomaml", "metasgd", "anil", "metacurvature")
@@ -160,13 +163,18 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
     with open(saved) as f:
       previous = json.load(f)
     mine = _identity(config)
-    diff = [k for k in mine if previous.get(k) != mine[k]]
+    diff = [k for k in mine if _normal(k, previous.get(k)) != mine[k]]
     if diff:
       raise ValueError(
         f"--workdir={workdir} holds a run with other settings "
         f"({', '.join(f'{k}={previous.get(k)!r}' for k in diff)}); "
         "use a new --workdir to start a different run"
       )
+
+
+def _normal(field: str, value):
+  """`value` as the identity compares it: None for 0 (off) in a `ZERO_IS_OFF` field."""
+  return (value or None) if field in ZERO_IS_OFF else value
 
 
 def _identity(config) -> dict:
@@ -176,9 +184,7 @@ def _identity(config) -> dict:
   another lambda or linear system would silently change the meta-gradient.
   """
   fields = IDENTITY_FIELDS + (IMAML_IDENTITY_FIELDS if config.method == "imaml" else ())
-  d = {k: config.get(k) for k in fields}
-  # 0 (constant rate) is what runs from before the field existed used.
-  d["outer_lr_halve_every"] = d["outer_lr_halve_every"] or None
+  d = {k: _normal(k, config.get(k)) for k in fields}
   if d["hidden"] is not None:
     d["hidden"] = list(d["hidden"])
   return d

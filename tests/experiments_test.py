@@ -107,6 +107,14 @@ def test_imaml_settings_are_part_of_an_imaml_runs_identity(tmp_path):
     config.method, config.baseline, config.num_steps = "imaml", False, 2
   train.train_and_evaluate(config, str(tmp_path / "imaml"))
   train.validate(config, str(tmp_path / "imaml"))  # the same settings resume
+  # A run from before the damping and clipping fields existed (0: off) resumes too.
+  saved = tmp_path / "imaml" / "config.json"
+  previous = json.loads(saved.read_text())
+  for field in ("imaml_damping", "imaml_lam_damping", "imaml_inner_clip"):
+    assert config[field] == 0
+    del previous[field]
+  saved.write_text(json.dumps(previous))
+  train.validate(config, str(tmp_path / "imaml"))
   for field, value in [("imaml_lam", 2.0), ("imaml_cg_steps", 3), ("imaml_lam_damping", 10.0)]:
     changed = config.copy_and_resolve_references()
     with changed.unlocked():
