@@ -385,7 +385,7 @@ def main(argv):
     _OUT.value,
     {
       "machine": {
-        **common.machine(),
+        **m,
         "torch": torch.__version__,
         "higher": higher_version,
         "torch_threads": threads,

@@ -271,7 +271,9 @@ def omniglot_samplers(config, *, verbose: bool = True):
   )
 
 
-def split_sampler(splits, split: str, ways: int, shots: int, queries: int, flags: str):
+def split_sampler(
+  splits: dict, split: str, ways: int, shots: int, queries: int, flags: str
+) -> EpisodicSampler:
   """`EpisodicSampler` over `splits[split]`; a split too small raises one line naming `flags`."""
   try:
     return EpisodicSampler(splits[split], ways, shots, queries)
