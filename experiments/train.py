@@ -97,6 +97,9 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
   for field in ("outer_lr", "inner_lr"):
     if not config[field] > 0:
       bad(field, "learning rates must be > 0")
+  per_call = config.get("steps_per_call", 1)
+  if not isinstance(per_call, int) or per_call <= 0:
+    bad("steps_per_call", "must be a positive integer (meta-steps per compiled call)")
   halve = config.get("outer_lr_halve_every", 0)
   if not isinstance(halve, int) or halve < 0:
     bad("outer_lr_halve_every", "must be an integer >= 0 (0: constant learning rate)")
@@ -334,6 +337,7 @@ def _train(config, workdir, method, *, verbose=True):
     verbose=verbose,
     mesh=parallel.make_mesh(config.num_devices),
     sample_shards=config.sample_shards or None,
+    steps_per_call=config.get("steps_per_call", 1),
   )
   return learner, result
 

@@ -163,6 +163,54 @@ def test_meta_step_skips_nonfinite_update(name, sinusoid_batch):
     np.testing.assert_array_equal(jax.random.key_data(after.rng), jax.random.key_data(good.rng))
 
 
+@pytest.mark.parametrize("bad, nonfinite", [(np.inf, 1.0), (np.nan, 1.0), (1e30, 1.0), (1e3, 0.0)])
+def test_meta_step_guard_reads_the_gradient_not_only_the_loss(bad, nonfinite, sinusoid_batch):
+  # A finite loss with a gradient entry `bad`: an infinite or NaN entry, or
+  # finite entries whose global norm overflows float32, skip the update.
+  base = algorithms.maml(TINY_NET, inner_lr=0.05, inner_steps=1)
+
+  def meta_grad(theta, episode, key):
+    leaves, tree = jax.tree_util.tree_flatten(jax.tree_util.tree_map(jnp.zeros_like, theta))
+    leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(bad)
+    return jax.tree_util.tree_unflatten(tree, leaves), {"loss": jnp.float32(0.5)}
+
+  learner = base._replace(meta_grad=meta_grad)
+  optimizer = optax.sgd(1e-6)
+  state = core.init_state(learner, optimizer, jax.random.key(0), ep.task(sinusoid_batch, 0))
+  after, metrics = _jit(core.make_meta_step(learner, optimizer))(state, sinusoid_batch)
+  assert float(metrics["nonfinite"]) == nonfinite and float(metrics["loss"]) == 0.5
+  first = lambda theta: np.asarray(jax.tree_util.tree_leaves(theta)[0])
+  moved = not np.array_equal(first(after.theta), first(state.theta))
+  assert moved == (nonfinite == 0.0)
+
+
+def test_repeat_step_equals_steps_in_order(learner, sinusoid_batch):
+  optimizer = optax.adam(1e-2)
+  state = core.init_state(learner, optimizer, jax.random.key(0), ep.task(sinusoid_batch, 0))
+  step = core.make_meta_step(learner, optimizer, strategy="vmap")
+  rng = np.random.default_rng(5)
+  batches = []
+  for _ in range(3):  # three different batches of the same shapes
+    noise = rng.normal(size=sinusoid_batch.query.y.shape).astype(np.float32)
+    query = sinusoid_batch.query._replace(y=sinusoid_batch.query.y + noise)
+    batches.append(sinusoid_batch._replace(query=query))
+  expected, per_step = state, []
+  for b in batches:
+    expected, m = _jit(step)(expected, b)
+    per_step.append(m)
+  got, metrics = _jit(core.repeat_step(step))(state, tuple(batches))
+  _assert_trees_close(
+    (got.step, got.theta, got.opt_state), (expected.step, expected.theta, expected.opt_state)
+  )
+  assert int(got.step) == 3
+  for name, values in metrics.items():
+    assert values.shape == (3,), name
+    np.testing.assert_allclose(values, [float(m[name]) for m in per_step], rtol=1e-5, atol=1e-7)
+  assert len(set(np.asarray(metrics["loss"]).tolist())) == 3  # the steps saw different batches
+  with pytest.raises(ValueError, match="at least one batch"):
+    core.repeat_step(step)(state, ())
+
+
 def test_meta_step_rejects_unbatched_episode(learner, sinusoid_batch):
   optimizer = optax.sgd(0.1)
   one = ep.task(sinusoid_batch, 0)

@@ -78,6 +78,23 @@ def test_rerun_of_finished_run_does_not_train(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_steps_per_call_equals_one_step_per_call(tmp_path):
+  # log_every=5 with 4 steps per call: calls of 4 steps and single steps up to
+  # each log step, so both programs run; the result is that of single steps.
+  one = _train(tmp_path / "one", 20)
+  many = _train(tmp_path / "many", 20, steps_per_call=4)
+  for a, b in zip(_leaves(one.state), _leaves(many.state), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  rows = {}
+  for name in ("one", "many"):
+    lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    rows[name] = [json.loads(line) for line in lines if "loss" in json.loads(line)]
+  assert [r["step"] for r in rows["many"]] == [5, 10, 15, 20]
+  for a, b in zip(rows["one"], rows["many"], strict=True):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+  assert sorted(os.listdir(tmp_path / "many" / "checkpoints")) == ["10", "20"]
+
+
 def _poisoned(bad_step):
   """A sampler whose batch for training step `bad_step` holds a NaN target."""
 
@@ -98,6 +115,12 @@ def test_nonfinite_stops_with_step_and_keeps_checkpoint(tmp_path):
   # The kept checkpoint loads and continues (with a clean sampler).
   result = _train(tmp_path, 20)
   assert int(result.state.step) == 20
+
+
+def test_nonfinite_inside_a_call_of_several_steps_names_its_step(tmp_path):
+  with pytest.raises(FloatingPointError, match="step 13"):
+    _train(tmp_path, 30, sampler=_poisoned(13), steps_per_call=4)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
 
 
 def test_nonfinite_skip_counts_and_keeps_theta_finite(tmp_path):
@@ -128,6 +151,7 @@ def test_broken_latest_checkpoint_is_skipped(tmp_path, capsys):
     (dict(num_steps=-1), "num_steps"),
     (dict(meta_batch_size=0), "meta_batch_size"),
     (dict(on_nonfinite="ignore"), "on_nonfinite"),
+    (dict(steps_per_call=0), "steps_per_call"),
   ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):

@@ -47,6 +47,9 @@ def base() -> config_dict.ConfigDict:
   # "auto": vmap, except convolutional learners on a CPU, where tasks are unrolled
   # (measured fastest; docs/results.md "How tasks are batched").
   c.strategy = "auto"
+  # Meta-steps per compiled call; > 1 pays only where a step takes well under
+  # a millisecond, which a Conv4 step never does.
+  c.steps_per_call = 1
   c.on_nonfinite = "raise"
   c.num_devices = 0
   c.sample_shards = 0

@@ -63,6 +63,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.num_val_tasks = 100
   c.num_eval_tasks = 1000
   c.strategy = "vmap"
+  # Meta-steps per compiled call (one lax.scan over host-sampled batches): a
+  # sinusoid step is bound by per-call and per-kernel overhead, not arithmetic.
+  # Keep the log / eval / checkpoint intervals multiples of it.
+  c.steps_per_call = 20
   c.on_nonfinite = "raise"
   # Devices the task axis of the meta-batch is sharded over: 0 = every device
   # of the job (of all its processes); N = the first N (one process only).
@@ -79,6 +83,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_every = 10
     c.checkpoint_every = 10
     c.log_every = 5
+    c.steps_per_call = 5
     c.num_val_tasks = 10
     c.num_eval_tasks = 20
   elif arg:
