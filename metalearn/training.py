@@ -174,6 +174,13 @@ def _fmt_time(seconds: float) -> str:
   )
 
 
+def _fmt_rate(steps_per_sec: float) -> str:
+  """`1361 steps/s`, or `4.1 s/step` for runs slower than a step a second."""
+  if steps_per_sec >= 1 or steps_per_sec <= 0:
+    return f"{steps_per_sec:.0f} steps/s"
+  return f"{1 / steps_per_sec:.1f} s/step"
+
+
 def _fmt_summary(summary: dict[str, dict[str, Any]]) -> str:
   return "  ".join(f"{k}={v['mean']:.4g}±{v['ci95']:.2g}" for k, v in sorted(summary.items()))
 
@@ -437,7 +444,7 @@ def meta_train(
     writer.log(
       f"[{learner.name}] step {step}/{num_steps} ({100 * step / max(num_steps, 1):.0f}%) "
       f"loss={mean['loss']:.4g} grad_norm={mean['grad_norm']:.3g} "
-      f"{rate:.0f} steps/s ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}"
+      f"{_fmt_rate(rate)} ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}"
     )
     pending = []
 

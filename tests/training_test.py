@@ -166,3 +166,9 @@ def test_workdir_that_is_a_file(tmp_path):
   with pytest.raises(ValueError, match="not a directory"):
     _train(path, 5)
   assert path.read_text() == "keep me"
+
+
+def test_progress_rate_reads_for_slow_runs_too():
+  assert training._fmt_rate(1361.4) == "1361 steps/s"
+  assert training._fmt_rate(0.25) == "4.0 s/step"  # not "0 steps/s"
+  assert training._fmt_rate(0.0) == "0 steps/s"
