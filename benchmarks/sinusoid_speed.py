@@ -8,6 +8,9 @@ meta-step), then the median time of a meta-step over `--steps` calls, once on
 a fixed batch already on the device (the compiled step alone) and once
 including host-side task sampling and transfer (what training sees; the loop
 blocks on every step here, so this is an upper bound on training's rate).
+Then, with `--steps_per_call=K` (default 20, the sinusoid config's), the same
+with K steps per compiled call (`core.repeat_step`; K host-sampled batches per
+call, blocking on every call): milliseconds per step.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ _METHODS = flags.DEFINE_list("methods", ["maml", "fomaml"], "methods to time")
 _STEPS = flags.DEFINE_integer("steps", 2000, "timed meta-steps per measurement")
 _BATCH = flags.DEFINE_integer("meta_batch_size", 25, "tasks per meta-step")
 _STRATEGY = flags.DEFINE_string("strategy", "vmap", "task batching strategy")
+_PER_CALL = flags.DEFINE_integer(
+  "steps_per_call", 20, "also time this many steps per compiled call (core.repeat_step; 1: skip)"
+)
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
 
@@ -50,6 +56,22 @@ def bench(method: str) -> dict:
     lambda i: tasks.sample(np.random.default_rng([0, i]), _BATCH.value),
     repeats=_STEPS.value,
   )
+  k, per_call = _PER_CALL.value, {}
+  if k > 1:
+    # As training with steps_per_call=k: k host-sampled batches, one lax.scan.
+    steps = jax.jit(
+      core.repeat_step(core.make_meta_step(learner, optimizer, strategy=_STRATEGY.value))
+    )
+    calls = iter(range(10**9))
+    sample = lambda: tuple(
+      tasks.sample(np.random.default_rng([1, next(calls)]), _BATCH.value) for _ in range(k)
+    )
+    steps = steps.lower(state, sample()).compile()
+    t = common.time_calls(
+      lambda: jax.block_until_ready(steps(state, sample())),
+      repeats=max(_STEPS.value // k, 20),
+    )
+    per_call = {"steps_per_call": k, "step_with_sampling_ms_per_call_k": 1e3 * t["median_s"] / k}
   return {
     "method": method,
     "compile_s": compile_s,
@@ -58,6 +80,7 @@ def bench(method: str) -> dict:
     "step_with_sampling_ms": 1e3 * sampled_t["median_s"],
     "steps_per_s": 1.0 / fixed_t["median_s"],
     "steps_per_s_with_sampling": 1.0 / sampled_t["median_s"],
+    **per_call,
   }
 
 
@@ -71,12 +94,13 @@ def main(argv):
   )
   print(
     f"{'method':<14}{'compile s':>10}{'ms/step':>10}{'steps/s':>10}"
-    f"{'ms/step+sampling':>18}{'steps/s+sampling':>18}"
+    f"{'ms/step+sampling':>18}{'steps/s+sampling':>18}{f'same, {_PER_CALL.value}/call':>16}"
   )
   for r in rows:
     print(
       f"{r['method']:<14}{r['compile_s']:>10.2f}{r['step_ms']:>10.3f}{r['steps_per_s']:>10.0f}"
       f"{r['step_with_sampling_ms']:>18.3f}{r['steps_per_s_with_sampling']:>18.0f}"
+      f"{r.get('step_with_sampling_ms_per_call_k', float('nan')):>16.3f}"
     )
   common.write_json(
     _OUT.value,
