@@ -237,6 +237,9 @@ def _case_meta_train():
   ):
     np.testing.assert_array_equal(a, b)
   assert resumed.eval_summary == full.eval_summary
+  # Five meta-steps per compiled call, tasks sharded over 8 devices: the same run.
+  chunked = _train(f"{tmp}/chunked", 30, parallel.make_mesh(), steps_per_call=5)
+  _close(parallel.fetch(full.state), parallel.fetch(chunked.state))
 
 
 def _case_errors():
