@@ -58,6 +58,27 @@ def time_calls(fn: Callable[[], object], *, repeats: int, warmup: int = 2) -> di
   }
 
 
+def time_steps_per_call(
+  step: Callable, state, sample_batch: Callable[[], object], k: int, *, repeats: int
+) -> tuple[float, dict]:
+  """Compiles `core.repeat_step(step)` and times calls of `k` host-sampled batches.
+
+  What training does with `steps_per_call=k`: `sample_batch()` draws each
+  step's batch on the host, one compiled `lax.scan` takes the k steps; every
+  call blocks. Returns `(compile seconds, time_calls' dict per step)`.
+  """
+  from metalearn import core
+
+  fn = jax.jit(core.repeat_step(step))
+  batches = lambda: tuple(sample_batch() for _ in range(k))
+  start = time.perf_counter()
+  fn = fn.lower(state, batches()).compile()
+  compile_s = time.perf_counter() - start
+  per_call = time_calls(lambda: jax.block_until_ready(fn(state, batches())), repeats=repeats)
+  timing = {n: v / k for n, v in per_call.items() if n.endswith("_s")}
+  return compile_s, {**timing, "repeats": per_call["repeats"] * k}
+
+
 def write_json(path: str | None, payload: dict) -> None:
   """Writes the benchmark's numbers to `path` (when given)."""
   if path:

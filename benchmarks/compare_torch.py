@@ -271,20 +271,13 @@ def sinusoid_rows() -> list[dict]:
   if k > 1:
     # What training does with steps_per_call=k: k batches sampled on the host
     # (one numpy draw per step, as above), then one compiled lax.scan over them.
-    steps = jax.jit(core.repeat_step(core.make_meta_step(learner, j.optimizer, strategy="vmap")))
-    batches = lambda: tuple(
-      tasks.sample(np.random.default_rng([0, next(counter)]), t) for _ in range(k)
-    )
-    start = time.perf_counter()
-    steps = steps.lower(j.state, batches()).compile()
-    compile_s = time.perf_counter() - start
-    per_call = common.time_calls(
-      lambda: jax.block_until_ready(steps(j.state, batches())),
+    compile_s, timing = common.time_steps_per_call(
+      core.make_meta_step(learner, j.optimizer, strategy="vmap"),
+      j.state,
+      lambda: tasks.sample(np.random.default_rng([0, next(counter)]), t),
+      k,
       repeats=max(_SIN_REPEATS.value // k, 20),
-      warmup=2,
     )
-    timing = {n: v / k for n, v in per_call.items() if n.endswith("_s")}
-    timing["repeats"] = per_call["repeats"] * k
     row = {**info, "impl": "metalearn", "strategy": "vmap", "steps_per_call": k}
     rows.append({**row, "compile_s": compile_s, **timing})
     print(_fmt(rows[-1]), flush=True)
@@ -339,8 +332,13 @@ def protonet_rows() -> list[dict]:
   return rows
 
 
+def _impl(r: dict) -> str:
+  """The implementation's name; `metalearn/K` for K steps per compiled call."""
+  return r["impl"] + (f"/{r['steps_per_call']}" if "steps_per_call" in r else "")
+
+
 def _fmt(r: dict) -> str:
-  impl = r["impl"] + (f"/{r['steps_per_call']}" if "steps_per_call" in r else "")
+  impl = _impl(r)
   head = f"{r['workload']:9s} {r['method']:8s} k={r['inner_steps']} {impl:12s}"
   if "error" in r:
     return f"{head} ERROR {r['error'][:120]}"
@@ -382,7 +380,7 @@ def _ratios(rows: list[dict]) -> None:
   )
   for r in rows:
     med = f"{r['median_s']:.4f}" if "median_s" in r else "error"
-    impl = r["impl"] + (f"/{r['steps_per_call']}" if "steps_per_call" in r else "")
+    impl = _impl(r)
     ratio = r.get("torch_over_metalearn", r.get("fastest_torch_over_this"))
     ratio = "" if ratio is None else f"{ratio:.2f}"
     agrees = {True: "yes", False: "NO"}.get(r.get("agrees"), "")

@@ -58,20 +58,15 @@ def bench(method: str) -> dict:
   )
   k, per_call = _PER_CALL.value, {}
   if k > 1:
-    # As training with steps_per_call=k: k host-sampled batches, one lax.scan.
-    steps = jax.jit(
-      core.repeat_step(core.make_meta_step(learner, optimizer, strategy=_STRATEGY.value))
-    )
     calls = iter(range(10**9))
-    sample = lambda: tuple(
-      tasks.sample(np.random.default_rng([1, next(calls)]), _BATCH.value) for _ in range(k)
-    )
-    steps = steps.lower(state, sample()).compile()
-    t = common.time_calls(
-      lambda: jax.block_until_ready(steps(state, sample())),
+    _, t = common.time_steps_per_call(
+      core.make_meta_step(learner, optimizer, strategy=_STRATEGY.value),
+      state,
+      lambda: tasks.sample(np.random.default_rng([1, next(calls)]), _BATCH.value),
+      k,
       repeats=max(_STEPS.value // k, 20),
     )
-    per_call = {"steps_per_call": k, "step_with_sampling_ms_per_call_k": 1e3 * t["median_s"] / k}
+    per_call = {"steps_per_call": k, "step_with_sampling_ms_per_call_k": 1e3 * t["median_s"]}
   return {
     "method": method,
     "compile_s": compile_s,
