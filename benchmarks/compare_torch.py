@@ -16,7 +16,11 @@ Workloads:
   meta-batch 25, inner lr 0.01, one step), task sampling included on both sides.
   metalearn is timed twice: one meta-step per call, and `--sinusoid_steps_per_call`
   steps per call (`core.repeat_step`, what the sinusoid config trains with; the
-  row `metalearn/20`), the host still sampling every step's batch with numpy.
+  row `metalearn/20`), the host still sampling every step's batch with numpy;
+  that row also gives `pipelined`, its calls issued back to back as training
+  issues them. `--host_cores=1` (sinusoid alone) keeps a core for the Python
+  thread and gives XLA's pool the rest (`parallel.reserve_host_cores`, the
+  sinusoid config's default); PyTorch's threads still get every core.
 - `protonet`: one ProtoNets 5-way 1-shot, 15-query training episode per step.
 
 Episodes are synthetic images (uniform noise; the cost of a step does not
@@ -33,6 +37,7 @@ process may use), XLA its default thread pool (the same cores). Under `taskset
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
@@ -43,7 +48,7 @@ import optax
 from absl import app, flags
 
 from benchmarks import common
-from metalearn import algorithms, core
+from metalearn import algorithms, core, parallel
 from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP, Conv4
@@ -67,6 +72,15 @@ _THREADS = flags.DEFINE_integer("threads", 0, "PyTorch threads (0: every usable 
 _TORCH_DEVICE = flags.DEFINE_string("torch_device", "auto", "PyTorch device: auto, cpu or cuda")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "agreement bar (relative L2)")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
+_HOST_CORES = flags.DEFINE_integer(
+  "host_cores",
+  0,
+  "sinusoid only: cores kept for the Python thread while XLA's CPU pool runs the metalearn "
+  "steps on the rest (parallel.reserve_host_cores, the sinusoid config's host_cores); "
+  "the PyTorch rows get every core back",
+)
+# Every core of the process, set when --host_cores moved this thread to fewer.
+_ALL_CORES: frozenset[int] | None = None
 
 
 def _rel(a, b) -> float:
@@ -281,6 +295,8 @@ def sinusoid_rows() -> list[dict]:
     row = {**info, "impl": "metalearn", "strategy": "vmap", "steps_per_call": k}
     rows.append({**row, "compile_s": compile_s, **timing})
     print(_fmt(rows[-1]), flush=True)
+  if _ALL_CORES is not None:  # PyTorch's threads start from this one: every core for them
+    os.sched_setaffinity(0, _ALL_CORES)
   mse = torch.nn.functional.mse_loss
   theta = jax.tree_util.tree_map(np.asarray, j.state.theta["params"])
 
@@ -343,6 +359,8 @@ def _fmt(r: dict) -> str:
   if "error" in r:
     return f"{head} ERROR {r['error'][:120]}"
   s = f"{head} {r['median_s'] * 1e3:10.2f} ms [{r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f}]"
+  if "pipelined_s" in r:
+    s += f" pipelined {r['pipelined_s'] * 1e3:.2f} ms"
   if "compile_s" in r:
     s += f" compile {r['compile_s']:.1f}s ({r['strategy']})"
   if "first_step_s" in r:
@@ -368,15 +386,18 @@ def _ratios(rows: list[dict]) -> None:
   for r in rows:
     if "median_s" in r and r["impl"] == "metalearn" and key(r) in fastest:
       r["fastest_torch_over_this"] = fastest[key(r)] / r["median_s"]
+      if "pipelined_s" in r:
+        r["fastest_torch_over_pipelined"] = fastest[key(r)] / r["pipelined_s"]
     elif "median_s" in r and key(r) in ours:
       r["torch_over_metalearn"] = r["median_s"] / ours[key(r)]
   print(
     "\nseconds per meta-step (median); ratio: PyTorch rows, their time over metalearn's"
-    " (one step per call); metalearn rows, the fastest PyTorch time over theirs"
+    " (one step per call); metalearn rows, the fastest PyTorch time over theirs; pipelined:"
+    " the same over metalearn's calls issued back to back, as training issues them"
   )
   print(
     f"{'workload':9s} {'method':8s} {'K':>2s} {'impl':12s} {'s/step':>10s}"
-    f" {'ratio':>7s} {'agrees':>7s}"
+    f" {'ratio':>7s} {'agrees':>7s} {'pipelined':>9s}"
   )
   for r in rows:
     med = f"{r['median_s']:.4f}" if "median_s" in r else "error"
@@ -384,21 +405,35 @@ def _ratios(rows: list[dict]) -> None:
     ratio = r.get("torch_over_metalearn", r.get("fastest_torch_over_this"))
     ratio = "" if ratio is None else f"{ratio:.2f}"
     agrees = {True: "yes", False: "NO"}.get(r.get("agrees"), "")
+    piped = r.get("fastest_torch_over_pipelined")
+    piped = "" if piped is None else f"{piped:.2f}"
     print(
       f"{r['workload']:9s} {r['method']:8s} {r['inner_steps']:2d} {impl:12s} {med:>10s}"
-      f" {ratio:>7s} {agrees:>7s}"
+      f" {ratio:>7s} {agrees:>7s} {piped:>9s}"
     )
 
 
 def main(argv):
+  global _ALL_CORES
   del argv
   import torch
 
   from benchmarks import torch_reference
 
-  m = common.machine()
-  threads = _THREADS.value or m["cores_usable"] or m["cores"]
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  threads = _THREADS.value or usable
+  # PyTorch's worker threads start here, with every core, before --host_cores pins any.
   torch.set_num_threads(threads)
+  if _HOST_CORES.value:  # before anything starts JAX
+    if set(_WORKLOADS.value) != {"sinusoid"}:
+      raise app.UsageError("--host_cores is for --workloads=sinusoid alone (it shrinks XLA's pool)")
+    every = frozenset(os.sched_getaffinity(0))
+    compute, host = parallel.reserve_host_cores(_HOST_CORES.value)
+    _ALL_CORES = every
+  m = common.machine()
+  if _ALL_CORES is not None:
+    m["cores_usable"] = len(_ALL_CORES)
+    m["host_cores"] = {"xla_pool": sorted(compute), "python": sorted(host)}
   device = _TORCH_DEVICE.value
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -25,6 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import train
+from metalearn import parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", lock_config=True, help_string="config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics, eval.json)")
@@ -106,6 +107,27 @@ def distributed_args(
   return given
 
 
+def reserve_host_cores(num_host: int) -> None:
+  """Applies `--config.host_cores` (see `parallel.reserve_host_cores`) before JAX starts.
+
+  Where it cannot apply (not Linux, too few cores, JAX already started) it says
+  so and training goes on with XLA's pool on every core: the setting changes
+  speed only, never results.
+  """
+  if not isinstance(num_host, int) or num_host <= 0:
+    return  # 0: off; a bad value is reported by train.validate
+  try:
+    compute, host = parallel.reserve_host_cores(num_host)
+  except (RuntimeError, ValueError) as e:
+    print(f"note: --config.host_cores={num_host} not applied: {e}", flush=True)
+    return
+  print(
+    f"XLA's CPU pool on cores {sorted(compute)}, this Python thread on {sorted(host)} "
+    f"(--config.host_cores={num_host})",
+    flush=True,
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -118,6 +140,8 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
   if dist is not None:  # before anything touches a device
     jax.distributed.initialize(**dist)
+  reserve_host_cores(_CONFIG.value.get("host_cores", 0))  # before JAX starts its backends
+  if dist is not None:
     print(
       f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local, "
       f"{jax.device_count()} global {jax.devices()[0].platform} devices",

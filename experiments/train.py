@@ -100,6 +100,9 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
   per_call = config.get("steps_per_call", 1)
   if not isinstance(per_call, int) or per_call <= 0:
     bad("steps_per_call", "must be a positive integer (meta-steps per compiled call)")
+  host_cores = config.get("host_cores", 0)
+  if not isinstance(host_cores, int) or host_cores < 0:
+    bad("host_cores", "must be an integer >= 0 (cores kept for the Python thread; 0: none)")
   halve = config.get("outer_lr_halve_every", 0)
   if not isinstance(halve, int) or halve < 0:
     bad("outer_lr_halve_every", "must be an integer >= 0 (0: constant learning rate)")

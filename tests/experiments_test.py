@@ -36,6 +36,20 @@ def test_smoke_config_through_binary(tmp_path):
   assert (workdir / "sinusoid.png").stat().st_size > 10_000
   assert (workdir / "baseline" / "eval.json").exists()
   assert "[maml] step 20/20" in out.stdout
+  if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2:
+    assert "XLA's CPU pool on cores" in out.stdout  # the config's host_cores = 1 applied
+
+
+def test_host_cores_after_jax_started_is_a_note_not_an_error(capsys):
+  import jax
+
+  from experiments import meta_train
+
+  jax.devices()
+  meta_train.reserve_host_cores(1)  # too late to apply: says so, training would go on
+  assert "--config.host_cores=1 not applied" in capsys.readouterr().out
+  meta_train.reserve_host_cores(0)  # off: nothing to say
+  assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize(
@@ -61,6 +75,7 @@ def test_every_method_smoke(tmp_path, method):
     ("--config.num_steps=-1", "--config.num_steps=-1"),
     ("--config.inner_steps=-2", "--config.inner_steps=-2"),
     ("--config.outer_lr_halve_every=-5", "--config.outer_lr_halve_every=-5"),
+    ("--config.host_cores=-1", "--config.host_cores=-1"),
   ],
 )
 def test_bad_config_fails_in_one_line_before_anything(tmp_path, flag, fragment):

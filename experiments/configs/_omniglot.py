@@ -50,6 +50,9 @@ def base() -> config_dict.ConfigDict:
   # Meta-steps per compiled call; > 1 pays only where a step takes well under
   # a millisecond, which a Conv4 step never does.
   c.steps_per_call = 1
+  # Cores kept for the Python thread, the rest for XLA's CPU pool
+  # (parallel.reserve_host_cores); 0: XLA takes every core, which convolutions need.
+  c.host_cores = 0
   c.on_nonfinite = "raise"
   c.num_devices = 0
   c.sample_shards = 0

@@ -67,6 +67,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # sinusoid step is bound by per-call and per-kernel overhead, not arithmetic.
   # Keep the log / eval / checkpoint intervals multiples of it.
   c.steps_per_call = 20
+  # Cores kept for the Python thread (sampling, dispatch) while XLA's CPU pool
+  # runs the steps on the others (parallel.reserve_host_cores); 0: XLA takes
+  # every core. 1 gave 10-44% more steps a second on 2 cores (docs/results.md).
+  c.host_cores = 1
   c.on_nonfinite = "raise"
   # Devices the task axis of the meta-batch is sharded over: 0 = every device
   # of the job (of all its processes); N = the first N (one process only).
