@@ -9,7 +9,8 @@
 # the authors' zips); without one the sampler benchmark is skipped. Needs the
 # `torch` extra: pip install -e '.[torch]'.
 #
-# Two things keep it short (787 s on the 2-core machine of docs/results.md).
+# Two things keep it short (787 s on the 2-core machine of docs/results.md, plus
+# 23 s for the host-core sinusoid step added since, timed alone).
 # XLA's persistent compilation cache (a fresh folder per run, deleted at the
 # end) lets flops.py load the meta-steps compare_torch.py has just compiled;
 # on XLA:CPU a load still regenerates machine code (about 60 s instead of 85 s
@@ -43,6 +44,9 @@ echo "== Conv4 MAML with 5 inner steps, second order"
 "$PYTHON" -m benchmarks.compare_torch --workloads=conv4 --inner_steps=5 --orders=second \
   --impls=loop,higher --repeats=3 --out="$OUT_DIR/compare_torch_5steps.json" | tee "$OUT_DIR/compare_torch_5steps.txt"
 
+echo "== sinusoid with a core kept for the Python thread (the sinusoid config's host_cores=1)"
+"$PYTHON" -m benchmarks.compare_torch --workloads=sinusoid --host_cores=1 --sinusoid_repeats=500 \
+  --out="$OUT_DIR/compare_torch_sinusoid_host_cores.json" | tee "$OUT_DIR/compare_torch_sinusoid_host_cores.txt"
 echo "== FLOPs per meta-step, achieved rate, matmul peak"
 "$PYTHON" -m benchmarks.flops --out="$OUT_DIR/flops.json" | tee "$OUT_DIR/flops.txt"
 

@@ -111,8 +111,9 @@ def reserve_host_cores(num_host: int) -> None:
   """Applies `--config.host_cores` (see `parallel.reserve_host_cores`) before JAX starts.
 
   Where it cannot apply (not Linux, too few cores, JAX already started) it says
-  so and training goes on with XLA's pool on every core: the setting changes
-  speed only, never results.
+  so and training goes on with XLA's pool on every core; on a GPU or TPU backend
+  the Python thread gets every core back. The setting changes speed only,
+  never results.
   """
   if not isinstance(num_host, int) or num_host <= 0:
     return  # 0: off; a bad value is reported by train.validate
@@ -120,6 +121,15 @@ def reserve_host_cores(num_host: int) -> None:
     compute, host = parallel.reserve_host_cores(num_host)
   except (RuntimeError, ValueError) as e:
     print(f"note: --config.host_cores={num_host} not applied: {e}", flush=True)
+    return
+  backend = jax.default_backend()
+  if backend != "cpu":  # steps run on the accelerator: give the Python thread its cores back
+    os.sched_setaffinity(0, compute | host)
+    print(
+      f"note: --config.host_cores={num_host} is for a CPU backend; on {backend} the Python "
+      "thread keeps every core",
+      flush=True,
+    )
     return
   print(
     f"XLA's CPU pool on cores {sorted(compute)}, this Python thread on {sorted(host)} "

@@ -52,6 +52,24 @@ def test_host_cores_after_jax_started_is_a_note_not_an_error(capsys):
   assert capsys.readouterr().out == ""
 
 
+def test_host_cores_on_an_accelerator_gives_the_python_thread_every_core(monkeypatch, capsys):
+  import jax
+
+  from experiments import meta_train
+
+  pinned = []
+  monkeypatch.setattr(
+    meta_train.parallel, "reserve_host_cores", lambda n: (frozenset({0, 1, 2}), frozenset({3}))
+  )
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(
+    os, "sched_setaffinity", lambda pid, cores: pinned.append((pid, cores)), raising=False
+  )
+  meta_train.reserve_host_cores(1)
+  assert pinned == [(0, frozenset({0, 1, 2, 3}))]
+  assert "on gpu the Python thread keeps every core" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
   "method", sorted(set(algorithms.REGISTRY) - algorithms.CLASSIFICATION_ONLY)
 )
