@@ -22,6 +22,9 @@ that does not is refused with an error naming the sizes (`check_divisible`),
 never silently padded, since padded tasks would change the meta-gradient.
 Evaluation batches are padded instead (`pad_tasks`): their per-task metrics are
 independent, and the padded rows are dropped after the step.
+
+On a CPU backend, `reserve_host_cores` splits the cores between XLA's thread
+pool and the Python thread that samples tasks (small models on few cores).
 """
 
 from __future__ import annotations
@@ -289,7 +292,7 @@ def _backends_started() -> bool:
 
 
 def reserve_host_cores(num_host: int = 1) -> tuple[frozenset[int], frozenset[int]]:
-  """Gives XLA's CPU thread pool its own cores and the calling Python thread the rest.
+  """Splits the process's cores between XLA's CPU thread pool and the calling Python thread.
 
   XLA:CPU sizes its compute thread pool by the cores the process may run on
   when its backend starts. This pins the process to all of its cores but the
