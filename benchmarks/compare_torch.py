@@ -424,16 +424,16 @@ def main(argv):
   threads = _THREADS.value or usable
   # PyTorch's worker threads start here, with every core, before --host_cores pins any.
   torch.set_num_threads(threads)
+  split = None
   if _HOST_CORES.value:  # before anything starts JAX
     if set(_WORKLOADS.value) != {"sinusoid"}:
       raise app.UsageError("--host_cores is for --workloads=sinusoid alone (it shrinks XLA's pool)")
-    every = frozenset(os.sched_getaffinity(0))
+    _ALL_CORES = frozenset(os.sched_getaffinity(0))
     compute, host = parallel.reserve_host_cores(_HOST_CORES.value)
-    _ALL_CORES = every
+    split = {"xla_pool": sorted(compute), "python": sorted(host)}
   m = common.machine()
-  if _ALL_CORES is not None:
-    m["cores_usable"] = len(_ALL_CORES)
-    m["host_cores"] = {"xla_pool": sorted(compute), "python": sorted(host)}
+  if split is not None:  # machine() saw this thread's cores only
+    m["cores_usable"], m["host_cores"] = len(_ALL_CORES), split
   device = _TORCH_DEVICE.value
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
