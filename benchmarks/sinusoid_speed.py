@@ -66,7 +66,11 @@ def bench(method: str) -> dict:
       k,
       repeats=max(_STEPS.value // k, 20),
     )
-    per_call = {"steps_per_call": k, "step_with_sampling_ms_per_call_k": 1e3 * t["median_s"]}
+    per_call = {
+      "steps_per_call": k,
+      "step_with_sampling_ms_per_call_k": 1e3 * t["median_s"],
+      "step_with_sampling_ms_per_call_k_pipelined": 1e3 * t["pipelined_s"],
+    }
   return {
     "method": method,
     "compile_s": compile_s,

@@ -107,7 +107,7 @@ def distributed_args(
   return given
 
 
-def reserve_host_cores(num_host: int) -> None:
+def apply_host_cores(num_host: int) -> None:
   """Applies `--config.host_cores` (see `parallel.reserve_host_cores`) before JAX starts.
 
   Where it cannot apply (not Linux, too few cores, JAX already started) it says
@@ -150,7 +150,7 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
   if dist is not None:  # before anything touches a device
     jax.distributed.initialize(**dist)
-  reserve_host_cores(_CONFIG.value.get("host_cores", 0))  # before JAX starts its backends
+  apply_host_cores(_CONFIG.value.get("host_cores", 0))  # before JAX starts its backends
   if dist is not None:
     print(
       f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local, "

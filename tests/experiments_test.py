@@ -46,9 +46,9 @@ def test_host_cores_after_jax_started_is_a_note_not_an_error(capsys):
   from experiments import meta_train
 
   jax.devices()
-  meta_train.reserve_host_cores(1)  # too late to apply: says so, training would go on
+  meta_train.apply_host_cores(1)  # too late to apply: says so, training would go on
   assert "--config.host_cores=1 not applied" in capsys.readouterr().out
-  meta_train.reserve_host_cores(0)  # off: nothing to say
+  meta_train.apply_host_cores(0)  # off: nothing to say
   assert capsys.readouterr().out == ""
 
 
@@ -65,7 +65,7 @@ def test_host_cores_on_an_accelerator_gives_the_python_thread_every_core(monkeyp
   monkeypatch.setattr(
     os, "sched_setaffinity", lambda pid, cores: pinned.append((pid, cores)), raising=False
   )
-  meta_train.reserve_host_cores(1)
+  meta_train.apply_host_cores(1)
   assert pinned == [(0, frozenset({0, 1, 2, 3}))]
   assert "on gpu the Python thread keeps every core" in capsys.readouterr().out
 
