@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: machine description, timing, JSON output."""
+"""Helpers shared by the benchmarks: machine description, timing, FLOP counts, JSON output."""
 
 from __future__ import annotations
 
@@ -158,3 +158,30 @@ def image_episodes(tasks: int, ways: int, shots: int, queries: int, seed: int = 
     return ep.make_split(x, y, np.ones((tasks, ways * k), bool))
 
   return ep.Episode(split(shots), split(queries))
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of a compiled program by XLA's cost analysis (a loop body counts once)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost["flops"])
+
+
+def step_flops(learner, optimizer, state, batch) -> float:
+  """FLOPs of the meta-step on a batch of T tasks, from unrolled programs of 1 and 2 tasks.
+
+  XLA's cost analysis counts a loop body once, so a `map` program is
+  undercounted, and the unrolled T-task program takes minutes to compile. The
+  step's work is one part per task plus a shared part (the mean over tasks,
+  the optimizer update), so with `f(n)` the count of the unrolled n-task
+  program, the T-task step does `f(1) + (T - 1) * (f(2) - f(1))`.
+  """
+  from metalearn import core
+  from metalearn import episodes as ep
+
+  counts = []
+  unrolled = jax.jit(core.make_meta_step(learner, optimizer, strategy="unroll"))
+  for n in (1, 2):
+    few = jax.tree_util.tree_map(lambda a, n=n: a[:n], batch)
+    counts.append(compiled_flops(unrolled.lower(state, few).compile()))
+  return counts[0] + (ep.num_tasks(batch) - 1) * (counts[1] - counts[0])

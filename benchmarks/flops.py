@@ -45,12 +45,6 @@ _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 _FLOPS: dict[str, float] = {}  # workload -> FLOPs of its unrolled step
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost["flops"])
-
-
 def matmul_peak(n: int, repeats: int) -> dict:
   """GFLOP/s of an `[n, n] @ [n, n]` float32 product, jitted and warm."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -63,9 +57,9 @@ def matmul_peak(n: int, repeats: int) -> dict:
 def step_rate(workload: str, strategy: str) -> dict:
   """FLOPs, compile time, median step time and GFLOP/s of one workload's meta-step.
 
-  FLOPs are those of the `unroll` program (XLA's cost analysis counts a loop
-  body once, so `map` and `unroll:N` programs would be undercounted); every
-  strategy computes the same arithmetic.
+  FLOPs are those of the `unroll` or `vmap` program, or `common.step_flops` for
+  strategies that loop over tasks (XLA's cost analysis counts a loop body
+  once); every strategy computes the same arithmetic.
   """
   if workload == "protonet":
     learner = algorithms.get("protonet")(Conv4(ways=None), ways=5)
@@ -90,13 +84,12 @@ def step_rate(workload: str, strategy: str) -> dict:
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   if chosen in ("unroll", "vmap") or ep.num_tasks(batch) == 1:
-    flops = _flops(compiled)
+    flops = common.compiled_flops(compiled)
     _FLOPS.setdefault(workload, flops)
   elif workload in _FLOPS:
     flops = _FLOPS[workload]
   else:
-    unrolled = jax.jit(core.make_meta_step(learner, optimizer, strategy="unroll"))
-    flops = _FLOPS.setdefault(workload, _flops(unrolled.lower(state, batch).compile()))
+    flops = _FLOPS.setdefault(workload, common.step_flops(learner, optimizer, state, batch))
   t = common.time_calls(
     lambda: jax.block_until_ready(compiled(state, batch)), repeats=_REPEATS.value, warmup=1
   )

@@ -68,11 +68,6 @@ class MetaTrainState(NamedTuple):
 
 STRATEGIES = ("auto", "vmap", "map", "unroll", "chunk:N", "unroll:N")
 
-# `auto` unrolls at most this many tasks into one program (compile time grows
-# with it; 32 tasks of Conv4 second-order MAML compile in about 2 minutes on a
-# 2-core CPU).
-MAX_UNROLL = 32
-
 
 def _check_strategy(strategy: str) -> None:
   if strategy in ("auto", "vmap", "map", "unroll"):
@@ -88,9 +83,11 @@ def auto_strategy(fn: Callable[..., Any], theta: Any, episodes: ep.Episode, keys
 
   On GPU and TPU: `vmap`. On a CPU: `vmap`, unless one task's computation
   contains a convolution, which XLA:CPU runs very slowly as the grouped
-  convolution `vmap` makes of it; then tasks are unrolled (`unroll` up to
-  `MAX_UNROLL` tasks, else `unroll:N` with N the largest divisor of T not above
-  it). Measured in docs/results.md ("How tasks are batched").
+  convolution `vmap` makes of it; then `map`, one task at a time, which for
+  Conv4 MAML on a CPU is as fast as unrolling the tasks into one program and
+  compiles in seconds instead of minutes (the meta-step then takes each task's
+  gradient inside the loop). Measured in docs/results.md ("How tasks are
+  batched").
 
   Args:
     fn: `(theta, episode, key) -> outputs` for one task.
@@ -103,10 +100,7 @@ def auto_strategy(fn: Callable[..., Any], theta: Any, episodes: ep.Episode, keys
   one_task = (theta, ep.task(episodes, 0), keys[0])
   if not _jaxpr.uses_primitive(fn, one_task, ("conv_general_dilated",)):
     return "vmap"
-  t = keys.shape[0]
-  if t <= MAX_UNROLL:
-    return "unroll"
-  return f"unroll:{max(n for n in range(1, MAX_UNROLL + 1) if t % n == 0)}"
+  return "map"
 
 
 def _unrolled(fn, theta, episodes, keys):
@@ -120,13 +114,12 @@ def batch_over_tasks(fn: Callable[..., Any], strategy: str = "auto") -> Callable
   Args:
     fn: `(theta, episode, key) -> outputs` for one task.
     strategy: `auto` (the default; chosen by `auto_strategy` from the backend
-      and the computation: `vmap`, except convolutions on a CPU), `vmap` (one
-      batched program), `map` (`lax.map`, one task at a time), `unroll` (a
-      Python loop inside the trace: T copies of the program, which XLA:CPU
-      runs fastest for convolutional MAML, at a compile time that grows with
-      T), `unroll:N` (N tasks unrolled, `lax.map` over the T / N groups: less
-      compile time, a little slower) or `chunk:N` (`vmap` over N tasks at a
-      time, `lax.map` over the chunks).
+      and the computation: `vmap`, except convolutions on a CPU: `map`),
+      `vmap` (one batched program), `map` (`lax.map`, one task at a time),
+      `unroll` (a Python loop inside the trace: T copies of the program, at a
+      compile time that grows with T), `unroll:N` (N tasks unrolled, `lax.map`
+      over the T / N groups) or `chunk:N` (`vmap` over N tasks at a time,
+      `lax.map` over the chunks).
 
   Returns:
     `(theta, episodes [T, ...], keys [T, 2]) -> outputs stacked on a leading T axis`.
@@ -159,6 +152,19 @@ def _batched(fn, strategy, theta, episodes, keys):
   chunked = jax.tree_util.tree_map(lambda a: a.reshape(t // n, n, *a.shape[1:]), (episodes, keys))
   out = jax.lax.map(lambda a: group(theta, *a), chunked)
   return jax.tree_util.tree_map(lambda a: a.reshape(t, *a.shape[2:]), out)
+
+
+def _loops_over_tasks(strategy, learner, state, episodes, keys) -> bool:
+  """Whether `strategy` (resolved) runs tasks in a `lax.map` loop (`map`, `unroll:N`, `chunk:N`).
+
+  The meta-step then takes each task's gradient inside the loop and averages
+  them, instead of differentiating the loop: the gradient of a loop keeps every
+  iteration's residuals (for Conv4 MAML, [T, 75, 28, 28, 64] activation stacks
+  written one task at a time), while a loop of gradients keeps one task's.
+  """
+  if strategy == "auto":
+    strategy = auto_strategy(learner.meta_loss, state.theta, episodes, keys)
+  return strategy not in ("vmap", "unroll")
 
 
 def init_state(
@@ -197,15 +203,24 @@ def make_meta_step(
     losses, metrics = batch_over_tasks(learner.meta_loss, strategy)(theta, episodes, keys)
     return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, metrics)
 
+  def task_grad(theta, episode, key):
+    if learner.meta_grad is not None:
+      return learner.meta_grad(theta, episode, key)
+    (loss, metrics), grads = jax.value_and_grad(learner.meta_loss, has_aux=True)(
+      theta, episode, key
+    )
+    return grads, {**metrics, "loss": loss}
+
   def step(state: MetaTrainState, episodes: ep.Episode) -> tuple[MetaTrainState, Metrics]:
     ep.check_episode(episodes, batched=True)
     keys = jax.random.split(jax.random.fold_in(state.rng, state.step), ep.num_tasks(episodes))
-    if learner.meta_grad is None:
+    per_task = _loops_over_tasks(strategy, learner, state, episodes, keys)
+    if learner.meta_grad is None and not per_task:
       (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(
         state.theta, episodes, keys
       )
     else:
-      grads, metrics = batch_over_tasks(learner.meta_grad, strategy)(state.theta, episodes, keys)
+      grads, metrics = batch_over_tasks(task_grad, strategy)(state.theta, episodes, keys)
       grads, metrics = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), (grads, metrics))
       loss = metrics["loss"]
     grad_norm = optax.global_norm(grads)

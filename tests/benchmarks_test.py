@@ -16,3 +16,33 @@ def test_imaml_memory_plot_writes_png_and_skips_failed_rows(tmp_path):
   data = png.read_bytes()
   assert data[:8] == b"\x89PNG\r\n\x1a\n"
   assert len(data) > 10_000  # two panels with axes, lines and a legend
+
+
+def test_step_flops_from_one_and_two_tasks_equals_the_unrolled_count():
+  import jax
+  import numpy as np
+  import optax
+
+  from benchmarks import common
+  from metalearn import algorithms, core
+  from metalearn import episodes as ep
+  from metalearn.models import Conv4
+
+  learner = algorithms.maml(
+    Conv4(ways=2, channels=4, blocks=2), inner_lr=0.1, objective="cross_entropy"
+  )
+  rng = np.random.default_rng(0)
+
+  def split(k):
+    x = rng.uniform(size=(5, 2 * k, 8, 8, 1)).astype(np.float32)
+    y = np.tile(np.repeat(np.arange(2), k), (5, 1)).astype(np.int32)
+    return ep.make_split(x, y, np.ones((5, 2 * k), bool))
+
+  batch = ep.Episode(split(1), split(3))
+  optimizer = optax.adam(1e-3)
+  state = core.init_state(learner, optimizer, jax.random.key(0), ep.task(batch, 0))
+  unrolled = jax.jit(core.make_meta_step(learner, optimizer, strategy="unroll"))
+  want = common.compiled_flops(unrolled.lower(state, batch).compile())
+  got = common.step_flops(learner, optimizer, state, batch)
+  assert want > 0
+  np.testing.assert_allclose(got, want, rtol=1e-3)

@@ -44,8 +44,8 @@ def base() -> config_dict.ConfigDict:
   c.num_val_tasks = 100
   c.num_eval_tasks = 1000
   c.eval_batch_size = 100
-  # "auto": vmap, except convolutional learners on a CPU, where tasks are unrolled
-  # (measured fastest; docs/results.md "How tasks are batched").
+  # "auto": vmap, except convolutional learners on a CPU, which take map (one task
+  # at a time; measured fastest; docs/results.md "How tasks are batched").
   c.strategy = "auto"
   # Meta-steps per compiled call; > 1 pays only where a step takes well under
   # a millisecond, which a Conv4 step never does.
