@@ -84,10 +84,10 @@ def auto_strategy(fn: Callable[..., Any], theta: Any, episodes: ep.Episode, keys
   On GPU and TPU: `vmap`. On a CPU: `vmap`, unless one task's computation
   contains a convolution, which XLA:CPU runs very slowly as the grouped
   convolution `vmap` makes of it; then `map`, one task at a time, which for
-  Conv4 MAML on a CPU is as fast as unrolling the tasks into one program and
+  Conv4 MAML on a CPU is faster than unrolling the tasks into one program and
   compiles in seconds instead of minutes (the meta-step then takes each task's
-  gradient inside the loop). Measured in docs/results.md ("How tasks are
-  batched").
+  gradient inside the loop). Measured in docs/results.md ("metalearn against
+  PyTorch").
 
   Args:
     fn: `(theta, episode, key) -> outputs` for one task.
@@ -154,19 +154,6 @@ def _batched(fn, strategy, theta, episodes, keys):
   return jax.tree_util.tree_map(lambda a: a.reshape(t, *a.shape[2:]), out)
 
 
-def _loops_over_tasks(strategy, learner, state, episodes, keys) -> bool:
-  """Whether `strategy` (resolved) runs tasks in a `lax.map` loop (`map`, `unroll:N`, `chunk:N`).
-
-  The meta-step then takes each task's gradient inside the loop and averages
-  them, instead of differentiating the loop: the gradient of a loop keeps every
-  iteration's residuals (for Conv4 MAML, [T, 75, 28, 28, 64] activation stacks
-  written one task at a time), while a loop of gradients keeps one task's.
-  """
-  if strategy == "auto":
-    strategy = auto_strategy(learner.meta_loss, state.theta, episodes, keys)
-  return strategy not in ("vmap", "unroll")
-
-
 def init_state(
   learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey, episode: ep.Episode
 ) -> MetaTrainState:
@@ -199,10 +186,6 @@ def make_meta_step(
   """
   _check_strategy(strategy)
 
-  def mean_loss(theta, episodes, keys):
-    losses, metrics = batch_over_tasks(learner.meta_loss, strategy)(theta, episodes, keys)
-    return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, metrics)
-
   def task_grad(theta, episode, key):
     if learner.meta_grad is not None:
       return learner.meta_grad(theta, episode, key)
@@ -214,13 +197,24 @@ def make_meta_step(
   def step(state: MetaTrainState, episodes: ep.Episode) -> tuple[MetaTrainState, Metrics]:
     ep.check_episode(episodes, batched=True)
     keys = jax.random.split(jax.random.fold_in(state.rng, state.step), ep.num_tasks(episodes))
-    per_task = _loops_over_tasks(strategy, learner, state, episodes, keys)
-    if learner.meta_grad is None and not per_task:
-      (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(
-        state.theta, episodes, keys
-      )
+    chosen = strategy
+    if strategy == "auto":
+      probe = learner.meta_grad or learner.meta_loss
+      chosen = auto_strategy(probe, state.theta, episodes, keys)
+    if learner.meta_grad is None and chosen in ("vmap", "unroll"):
+
+      def mean_loss(theta):
+        losses, metrics = batch_over_tasks(learner.meta_loss, chosen)(theta, episodes, keys)
+        return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, metrics)
+
+      (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.theta)
     else:
-      grads, metrics = batch_over_tasks(task_grad, strategy)(state.theta, episodes, keys)
+      # Strategies that loop over tasks (`map`, `unroll:N`, `chunk:N`) take each
+      # task's gradient inside the loop and average them. Differentiating the
+      # loop instead would keep every iteration's residuals (for Conv4 MAML,
+      # [T, 75, 28, 28, 64] activation stacks written one task at a time) and
+      # read them back in a second, transposed loop.
+      grads, metrics = batch_over_tasks(task_grad, chosen)(state.theta, episodes, keys)
       grads, metrics = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), (grads, metrics))
       loss = metrics["loss"]
     grad_norm = optax.global_norm(grads)
