@@ -1,18 +1,23 @@
-"""Image helpers shared by the image task families: decode, resize, load a folder.
+"""Image helpers shared by the image task families: decode, resize, list and read folders.
 
 Everything here is host-side numpy + Pillow (imported lazily, in the `images`
-extra) and returns uint8 arrays. Grayscale arrays follow the files' polarity
-(0 black, 255 white) unless a function says otherwise.
+extra). Grayscale uint8 arrays follow what a person sees (0 black, 255 white)
+unless a function says otherwise; `read_images` turns files into the float
+input the image models take.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
+from typing import NamedTuple
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # PNG/TIFF 16-bit gray: 0..65535
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # Pillow names the BytesIO it was given
 
 
 def _pil():
@@ -25,8 +30,33 @@ def _pil():
   return Image
 
 
+def _to_gray(image) -> np.ndarray:
+  """A loaded PIL image as a person sees it: `[H, W]` uint8 (see `decode_gray`)."""
+  Image = _pil()
+  from PIL import ImageOps
+
+  image = ImageOps.exif_transpose(image)
+  if image.mode in _SIXTEEN_BIT:
+    # convert("L") would clip these to 255 (everything above 1/256 of full scale is white).
+    levels = np.clip(np.asarray(image, np.float64), 0, 65535) / 257.0
+    return np.rint(levels).astype(np.uint8)
+  if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or image.has_transparency_data:
+    # Transparent pixels show the page behind them: composite onto white (convert("L")
+    # alone drops alpha, so dark strokes on a transparent, black-valued background vanish).
+    rgba = image.convert("RGBA")
+    image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+  return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
 def decode_gray(data: bytes, name: str) -> np.ndarray:
-  """Decodes encoded image bytes (PNG, JPEG, ...) to grayscale.
+  """Decodes encoded image bytes (PNG, JPEG, ...) to grayscale, as the image looks.
+
+  The EXIF orientation is applied (photos taken sideways stand upright); images
+  with an alpha channel or a transparent colour (RGBA, LA, a palette with a
+  transparency entry) are composited onto white, so dark strokes on a
+  transparent background stay dark strokes; colour becomes luma (ITU-R 601);
+  16-bit grayscale (Pillow modes "I;16" and "I", 0..65535) is scaled to
+  0..255.
 
   Args:
     data: the file's bytes.
@@ -36,15 +66,117 @@ def decode_gray(data: bytes, name: str) -> np.ndarray:
     `[H, W]` uint8, 0 = black, 255 = white.
 
   Raises:
-    ValueError: naming `name` when the bytes are not a readable image.
+    ValueError: one line naming `name` when the bytes are not a readable image.
   """
   Image = _pil()
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.load()
-      return np.asarray(image.convert("L"), dtype=np.uint8)
+      gray = _to_gray(image)
+  except Image.UnidentifiedImageError:
+    raise ValueError(f"cannot decode image {name}: not an image file Pillow can read") from None
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot decode image {name}: {type(e).__name__}: {e}") from e
+    reason = " ".join(_ADDRESS.sub("the file", str(e)).split())
+    raise ValueError(f"cannot decode image {name}: {type(e).__name__}: {reason}") from e
+  if gray.size == 0:
+    raise ValueError(f"cannot decode image {name}: it has no pixels ({gray.shape})")
+  return gray
+
+
+def read_gray(path: str) -> np.ndarray:
+  """Reads and decodes one image file: `[H, W]` uint8 (see `decode_gray`).
+
+  Raises:
+    ValueError: one line naming `path` when it cannot be read or decoded.
+  """
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ValueError(f"cannot read image {path}: {e.strerror or e}") from e
+  return decode_gray(data, path)
+
+
+def load_gray(paths: list[str], image_size: int, *, invert: bool = False) -> np.ndarray:
+  """Reads image files, each resized to `image_size x image_size` (see `resize`).
+
+  Args:
+    paths: the files, in the order of the output.
+    image_size: output height and width.
+    invert: store `255 - gray` (dark strokes become high values).
+
+  Returns:
+    `[n, image_size, image_size]` uint8.
+
+  Raises:
+    ValueError: one line naming the file that cannot be read or decoded.
+  """
+  out = np.empty((len(paths), image_size, image_size), np.uint8)
+  for i, path in enumerate(paths):
+    out[i] = resize(read_gray(path)[None], image_size)[0]
+  if invert:
+    np.subtract(255, out, out=out)
+  return out
+
+
+def read_images(paths: list[str], *, image_size: int, invert: bool = True) -> np.ndarray:
+  """Reads image files as the image models take them: `[n, s, s, 1]` float32 in [0, 1].
+
+  Each file is decoded as it looks (`decode_gray`), resized with antialiased
+  Lanczos-3 (`resize`), inverted when `invert` (ink = 1.0 for dark strokes on
+  a light background, as `metalearn.data.omniglot` stores Omniglot) and divided
+  by 255, as `metalearn.data.sampler.EpisodicSampler` does with uint8 images.
+
+  Args:
+    paths: the files, in the order of the output.
+    image_size: s, the output height and width.
+    invert: `1 - gray / 255` instead of `gray / 255`.
+
+  Returns:
+    `[n, image_size, image_size, 1]` float32.
+
+  Raises:
+    ValueError: one line naming the file that cannot be read or decoded.
+  """
+  gray = load_gray(paths, image_size, invert=invert)
+  return (gray.astype(np.float32) / np.float32(255.0))[..., None]
+
+
+class Listing(NamedTuple):
+  """What a folder holds, each list sorted by name (see `list_images`)."""
+
+  images: list[str]  # file names with an image extension
+  folders: list[str]  # subfolder names
+  skipped: list[tuple[str, str]]  # (file name, why it is not read)
+
+
+def list_images(folder: str) -> Listing:
+  """Sorts the entries directly in `folder` into image files, subfolders and the rest.
+
+  An image file is one whose extension is in `IMAGE_EXTENSIONS` (any case).
+  Hidden entries (names starting with "."), such as `.DS_Store` or the `._*`
+  files macOS leaves on shared drives, are neither listed nor reported; any
+  other file is returned in `skipped` with the reason, so that callers can say
+  what they leave out.
+
+  Args:
+    folder: an existing folder.
+
+  Returns:
+    A `Listing` of names (not paths).
+  """
+  images, folders, skipped = [], [], []
+  reason = f"not an image (no {', '.join(IMAGE_EXTENSIONS)} extension)"
+  for name in sorted(os.listdir(folder)):
+    if name.startswith("."):
+      continue
+    if os.path.isdir(os.path.join(folder, name)):
+      folders.append(name)
+    elif name.lower().endswith(IMAGE_EXTENSIONS):
+      images.append(name)
+    else:
+      skipped.append((name, reason))
+  return Listing(images, folders, skipped)
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
@@ -112,9 +244,11 @@ def load_image_folder(
 ) -> tuple[np.ndarray, list[str]]:
   """Loads a folder of class subfolders, `root/<class>/<image file>`, as one array.
 
-  Classes are the subfolders in sorted order; within a class, files are read
-  in sorted name order, converted to grayscale and resized (see `resize`). The
-  result feeds `metalearn.data.sampler.EpisodicSampler` directly.
+  Classes are the subfolders in sorted order; within a class, the image files
+  (`list_images`: hidden files are left out, as are files without an image
+  extension) are read in sorted name order, converted to grayscale as they
+  look (`decode_gray`) and resized (see `resize`). The result feeds
+  `metalearn.data.sampler.EpisodicSampler` directly.
 
   Args:
     root: the folder.
@@ -136,12 +270,11 @@ def load_image_folder(
   if not os.path.isdir(root):
     raise FileNotFoundError(f"image folder {root!r} does not exist")
   files = {}
-  for name in sorted(os.listdir(root)):
+  for name in list_images(root).folders:
     folder = os.path.join(root, name)
-    if os.path.isdir(folder):
-      found = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-      if found:
-        files[name] = [os.path.join(folder, f) for f in found]
+    found = list_images(folder).images
+    if found:
+      files[name] = [os.path.join(folder, f) for f in found]
   if not files:
     raise FileNotFoundError(
       f"no class folders with images ({', '.join(IMAGE_EXTENSIONS)}) in {root!r}; "
@@ -157,11 +290,5 @@ def load_image_folder(
     )
   out = np.empty((len(files), count, image_size, image_size), np.uint8)
   for c, paths in enumerate(files.values()):
-    gray = []
-    for path in paths[:count]:
-      with open(path, "rb") as f:
-        gray.append(resize(decode_gray(f.read(), path)[None], image_size)[0])
-    out[c] = np.stack(gray)
-  if invert:
-    np.subtract(255, out, out=out)
+    out[c] = load_gray(paths[:count], image_size, invert=invert)
   return out, list(files)
