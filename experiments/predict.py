@@ -12,17 +12,46 @@ checkpoint). The learner adapts on the support images through its generic
 whatever the method does) and scores the query images with `predict`, so no
 code here is specific to a method.
 
-Images are preprocessed as the training data were (`metalearn.data.omniglot`):
-grayscale, resized to 28x28 with antialiased Lanczos-3 resampling, inverted
-(ink = 1.0, background = 0.0; the images are taken to be dark strokes on a
-light background like the Omniglot files, `--noinvert` for light on dark) and
-scaled to [0, 1].
+Images are read as they look (`metalearn.data.images.read_images`): upright by
+their EXIF orientation, transparent parts (RGBA, LA, palettes with a
+transparent entry) over white paper, colour as luma, 16-bit grayscale scaled
+to 8 bits. They are then preprocessed as the training data were
+(`metalearn.data.omniglot`): grayscale, resized to 28x28 with antialiased
+Lanczos-3 resampling, inverted (ink = 1.0, background = 0.0; the images are
+taken to be dark strokes on a light background like the Omniglot files,
+`--noinvert` for light on dark) and scaled to [0, 1].
 
-Output: `<output_dir>/predictions.csv` with the header `file,predicted_class,score`
-and one row per query image (in sorted file-name order), and a summary on the
-terminal. The score is the softmax probability of the predicted class over the
-support classes; for Relation Networks, whose outputs are per-class relation
-scores in (0, 1) trained by regression, it is the relation score itself.
+Files that are not images (by extension: .png, .jpg, .jpeg, .bmp, .gif,
+.webp) are treated by where they are. Hidden files (`.DS_Store`, macOS `._*`)
+are ignored everywhere. In `--query_dir`, other files and subfolders are
+skipped and each is named on stderr (`skipped <path>: <why>`): no class
+depends on them, and the CSV lists the files it classified. In a class folder of
+`--support_dir`, any other file or subfolder is refused with an error naming
+it: skipping it would silently leave the class with fewer examples than the
+user gave it (a photo saved as .heic, a subfolder of more examples). Files
+directly in `--support_dir`, beside the class folders, belong to no class and
+are skipped and named. An image file that cannot be decoded is an error naming
+the file, wherever it is.
+
+`--output_dir` is checked before anything is read (a file in its place fails
+at once, not after the model ran); it is created when the CSV is written.
+
+Output: `<output_dir>/predictions.csv` with the header
+`file,predicted_class,score,entropy` and one row per query image (in sorted
+file-name order), and a summary on the terminal. The score is the softmax
+probability of the predicted class over the support classes; for Relation
+Networks, whose outputs are per-class relation scores in (0, 1) trained by
+regression, it is the relation score itself. The entropy is that of the
+query's class distribution divided by log(classes), in [0, 1]: 0 when one
+class takes all the probability, 1 when the image favours no class. The
+distribution is the softmax of the outputs; for Relation Networks it is the
+relation scores divided by their sum (uniform when they are all 0), so that an
+image related to no class, or to every class alike, gets entropy near 1. A
+softmax score near 1 says only which support class is nearest, not that the
+image resembles any of them (noise can score 0.999); a high entropy flags
+queries that do not clearly resemble one class more than the others. Neither
+is a calibrated out-of-distribution test: an embedding that is sharp on
+everything gives low entropy to noise too.
 
 Ways and shots: metric learners (ProtoNets, Matching, Relation) take any
 number of support classes (at least 2) and any number of images per class;
@@ -47,6 +76,7 @@ import collections
 import csv
 import json
 import os
+import sys
 from typing import NamedTuple
 
 import jax
@@ -61,7 +91,7 @@ from metalearn.data import images as image_utils
 
 IMAGE_SIZE = 28  # the size `experiments.train` loads Omniglot at (load_omniglot's default)
 CSV_NAME = "predictions.csv"
-CSV_HEADER = ("file", "predicted_class", "score")
+CSV_HEADER = ("file", "predicted_class", "score", "entropy")
 # Methods whose `predict` outputs are scores in (0, 1) reported as they are (not softmaxed).
 RAW_SCORE_METHODS = frozenset({"relation"})
 
@@ -73,6 +103,7 @@ class Support(NamedTuple):
   y: np.ndarray
   classes: list[str]
   shots: dict[str, int]
+  skipped: list[str]  # "<path>: <why>" for the files beside the class folders
 
 
 class Prediction(NamedTuple):
@@ -87,59 +118,45 @@ class Prediction(NamedTuple):
   files: list[str]
   predicted: list[str]
   scores: np.ndarray  # [m] float
-
-
-def _image_files(folder: str) -> tuple[list[str], list[str]]:
-  """(image file names, subfolder names) directly in `folder`, sorted; hidden ones skipped."""
-  files, subfolders = [], []
-  for name in sorted(os.listdir(folder)):
-    if name.startswith("."):
-      continue
-    if os.path.isdir(os.path.join(folder, name)):
-      subfolders.append(name)
-    elif name.lower().endswith(image_utils.IMAGE_EXTENSIONS):
-      files.append(name)
-  return files, subfolders
+  entropy: np.ndarray  # [m] float in [0, 1]: normalised entropy of `probabilities`
+  probabilities: np.ndarray  # [m, ways] float, rows sum to 1 (see `class_probabilities`)
+  skipped: list[str]  # "<path>: <why>" for each file left out of support or queries
 
 
 def read_images(paths: list[str], *, invert: bool = True) -> np.ndarray:
   """Reads image files as the training data: `[n, 28, 28, 1]` float32 in [0, 1].
 
-  Grayscale, Lanczos-3 antialiased resize to 28x28 (`metalearn.data.images`),
-  `255 - gray` when `invert` (ink = 1.0 for dark strokes on a light
-  background, as `metalearn.data.omniglot` stores Omniglot), divided by 255 as
-  `metalearn.data.sampler.EpisodicSampler` does.
+  `metalearn.data.images.read_images` at the run's image size (see there).
 
   Raises:
     ValueError: naming the file that cannot be read or decoded.
   """
-  out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-  for i, path in enumerate(paths):
-    try:
-      with open(path, "rb") as f:
-        data = f.read()
-    except OSError as e:
-      raise ValueError(f"cannot read image {path}: {e.strerror or e}") from e
-    gray = image_utils.decode_gray(data, path)
-    if gray.size == 0:
-      raise ValueError(f"cannot decode image {path}: it has no pixels ({gray.shape})")
-    out[i] = image_utils.resize(gray[None], IMAGE_SIZE)[0]
-  if invert:
-    np.subtract(255, out, out=out)
-  return (out.astype(np.float32) / np.float32(255.0))[..., None]
+  return image_utils.read_images(paths, image_size=IMAGE_SIZE, invert=invert)
 
 
 def load_support(support_dir: str, *, invert: bool = True) -> Support:
   """Reads `support_dir/<class>/<image>`: classes are the subfolders in sorted order.
 
+  Hidden files are ignored. Every other entry of a class folder must be an
+  image file: a class must not silently lose an example. Files directly in
+  `support_dir` belong to no class; they are left out and listed in
+  `Support.skipped`.
+
   Raises:
     FileNotFoundError: `support_dir` does not exist.
-    ValueError: it has no class subfolders, a class folder holds no image, or
-      an image cannot be read (each named).
+    ValueError: it has no class subfolders, a class folder holds no image or
+      something other than image files, or an image cannot be read (each named).
   """
   if not os.path.isdir(support_dir):
     raise FileNotFoundError(f"--support_dir={support_dir}: no such folder")
-  loose, classes = _image_files(support_dir)
+  listing = image_utils.list_images(support_dir)
+  loose, classes = listing.images, listing.folders
+  skipped = [f"{os.path.join(support_dir, name)}: {why}" for name, why in listing.skipped]
+  skipped += [
+    f"{os.path.join(support_dir, name)}: not in a class folder (support images go in "
+    "support_dir/<class>/)"
+    for name in loose
+  ]
   if not classes:
     found = f" (it holds {len(loose)} image files directly)" if loose else ""
     raise ValueError(
@@ -149,7 +166,15 @@ def load_support(support_dir: str, *, invert: bool = True) -> Support:
   paths, labels, shots = [], [], {}
   for label, name in enumerate(classes):
     folder = os.path.join(support_dir, name)
-    files, _ = _image_files(folder)
+    files, subfolders, others = image_utils.list_images(folder)
+    stray = others + [(f, "a folder (images in it would not be read)") for f in subfolders]
+    if stray:
+      what, why = stray[0]
+      more = f" ({len(stray) - 1} more such entries)" if len(stray) > 1 else ""
+      raise ValueError(
+        f"{os.path.join(folder, what)}: {why}{more}; the class folders of --support_dir must "
+        "hold only images (a class would silently lose an example): convert or remove it"
+      )
     if not files:
       raise ValueError(
         f"class folder {folder} holds no images ({', '.join(image_utils.IMAGE_EXTENSIONS)}); "
@@ -158,11 +183,19 @@ def load_support(support_dir: str, *, invert: bool = True) -> Support:
     paths += [os.path.join(folder, f) for f in files]
     labels += [label] * len(files)
     shots[name] = len(files)
-  return Support(read_images(paths, invert=invert), np.asarray(labels, np.int32), classes, shots)
+  x = read_images(paths, invert=invert)
+  return Support(x, np.asarray(labels, np.int32), classes, shots, skipped)
 
 
-def load_queries(query_dir: str, *, invert: bool = True) -> tuple[np.ndarray, list[str]]:
-  """Reads the images directly in `query_dir` (sorted by name): `(x [m, 28, 28, 1], names)`.
+def load_queries(query_dir: str, *, invert: bool = True) -> tuple[np.ndarray, list[str], list[str]]:
+  """Reads the images directly in `query_dir` (sorted by name).
+
+  Hidden files are ignored; other files that are not images, and subfolders,
+  are left out and listed.
+
+  Returns:
+    `(x [m, 28, 28, 1], file names, skipped)`, `skipped` holding
+    `"<path>: <why>"` for each entry left out.
 
   Raises:
     FileNotFoundError: `query_dir` does not exist.
@@ -170,14 +203,80 @@ def load_queries(query_dir: str, *, invert: bool = True) -> tuple[np.ndarray, li
   """
   if not os.path.isdir(query_dir):
     raise FileNotFoundError(f"--query_dir={query_dir}: no such folder")
-  files, subfolders = _image_files(query_dir)
+  files, subfolders, others = image_utils.list_images(query_dir)
   if not files:
     where = f" (only subfolders: {', '.join(subfolders[:5])})" if subfolders else ""
     raise ValueError(
       f"--query_dir={query_dir} holds no images ({', '.join(image_utils.IMAGE_EXTENSIONS)})"
       f"{where}; put the images to classify directly in it"
     )
-  return read_images([os.path.join(query_dir, f) for f in files], invert=invert), files
+  skipped = others + [
+    (f, "a folder (only the images directly in --query_dir are read)") for f in subfolders
+  ]
+  skipped = [f"{os.path.join(query_dir, f)}: {why}" for f, why in sorted(skipped)]
+  x = read_images([os.path.join(query_dir, f) for f in files], invert=invert)
+  return x, files, skipped
+
+
+def check_output_dir(output_dir: str) -> None:
+  """Checks, before anything runs, that `<output_dir>/predictions.csv` can be written.
+
+  The folder need not exist (it is created when writing); the nearest part of
+  the path that exists must be a writable folder.
+
+  Raises:
+    ValueError: one line, `--output_dir=<path>: <why>`.
+  """
+  where = f"--output_dir={output_dir}"
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise ValueError(f"{where}: exists and is not a folder")
+  target = os.path.join(output_dir, CSV_NAME)
+  if os.path.isdir(target):
+    raise ValueError(f"{where}: {target} is a folder, so the CSV cannot be written there")
+  existing = os.path.normpath(output_dir)  # the nearest part of the path that exists
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  existing = existing or os.curdir
+  if not os.path.isdir(existing):
+    raise ValueError(f"{where}: {existing} is a file, not a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"{where}: {existing} is not writable")
+
+
+def class_probabilities(
+  outputs: np.ndarray, *, raw_scores: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The class distribution, score and normalised entropy of each query.
+
+  Args:
+    outputs: `[m, ways]` what the learner's `predict` gives: logits, or (when
+      `raw_scores`) per-class scores in [0, 1] (Relation Networks).
+    raw_scores: the outputs are scores to report as they are, not logits.
+
+  Returns:
+    `(probabilities [m, ways], scores [m], entropy [m])`: the softmax of the
+    logits, or the scores divided by their sum (uniform where they sum to 0);
+    the score of the arg-max class (its probability, or its raw score); and
+    `-sum(p log p) / log(ways)` in [0, 1] (0 for a one-hot distribution, 1 for
+    the uniform one).
+  """
+  outputs = np.asarray(outputs, np.float64)
+  ways = outputs.shape[-1]
+  best = np.argmax(outputs, axis=-1)
+  rows = np.arange(len(best))
+  if raw_scores:
+    positive = np.clip(outputs, 0.0, None)
+    total = positive.sum(axis=-1, keepdims=True)
+    uniform = np.full_like(positive, 1.0 / ways)
+    probs = np.where(total > 0, positive / np.where(total > 0, total, 1.0), uniform)
+    scores = outputs[rows, best]
+  else:
+    probs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    scores = probs[rows, best]
+  logs = np.log(np.where(probs > 0, probs, 1.0))  # 0 log 0 = 0
+  entropy = -np.sum(probs * logs, axis=-1) / np.log(ways) if ways > 1 else np.zeros(len(best))
+  return probs, scores, np.clip(entropy, 0.0, 1.0)
 
 
 def load_config(workdir: str) -> config_dict.ConfigDict:
@@ -258,7 +357,7 @@ def predict(
   config = load_config(workdir)
   method, train_ways = config.method, config.ways
   support = load_support(support_dir, invert=invert)
-  query_x, files = load_queries(query_dir, invert=invert)
+  query_x, files, skipped = load_queries(query_dir, invert=invert)
   ways = len(support.classes)
   metric = method in algorithms.CLASSIFICATION_ONLY
   if metric and ways < 2:
@@ -289,12 +388,8 @@ def predict(
   outputs = np.asarray(outputs, np.float64)
   if not np.all(np.isfinite(outputs)):
     raise ValueError(f"the {method} run in {workdir} gives non-finite outputs on these images")
+  probs, scores, entropy = class_probabilities(outputs, raw_scores=method in RAW_SCORE_METHODS)
   best = np.argmax(outputs, axis=-1)
-  if method in RAW_SCORE_METHODS:
-    scores = outputs[np.arange(len(best)), best]
-  else:
-    probs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
-    scores = probs[np.arange(len(best)), best] / probs.sum(axis=-1)
   return Prediction(
     method=method,
     train_ways=train_ways,
@@ -305,22 +400,27 @@ def predict(
     files=files,
     predicted=[support.classes[i] for i in best],
     scores=scores,
+    entropy=entropy,
+    probabilities=probs,
+    skipped=support.skipped + skipped,
   )
 
 
 def write_csv(path: str, result: Prediction) -> None:
-  """Writes `file,predicted_class,score` and one row per query image to `path`."""
+  """Writes `file,predicted_class,score,entropy` and one row per query image to `path`."""
   tmp = f"{path}.tmp"
+  rows = zip(result.files, result.predicted, result.scores, result.entropy, strict=True)
   with open(tmp, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(CSV_HEADER)
-    for name, label, score in zip(result.files, result.predicted, result.scores, strict=True):
-      writer.writerow([name, label, f"{score:.6f}"])
+    for name, label, score, entropy in rows:
+      writer.writerow([name, label, f"{score:.6f}", f"{entropy:.6f}"])
   os.replace(tmp, path)
 
 
 def summary(result: Prediction) -> str:
-  """A few lines for the terminal: classes, shots, queries, counts per predicted class."""
+  """A few lines for the terminal: classes, shots, queries, counts per predicted class,
+  mean score and entropy, the query of highest entropy, how many entries were skipped."""
   counts = collections.Counter(result.predicted)
   shots = sorted(set(result.shots.values()))
   shot_text = (
@@ -335,8 +435,13 @@ def summary(result: Prediction) -> str:
     f"queries: {len(result.files)} images",
     "predicted: "
     + ", ".join(f"{name}={counts.get(name, 0)}" for name in result.classes)
-    + f" (mean score {float(np.mean(result.scores)):.3f})",
+    + f" (mean score {float(np.mean(result.scores)):.3f}, "
+    f"mean entropy {float(np.mean(result.entropy)):.3f})",
   ]
+  worst = int(np.argmax(result.entropy))
+  lines.append(f"highest entropy: {result.files[worst]} ({float(result.entropy[worst]):.3f})")
+  if result.skipped:
+    lines.append(f"skipped: {len(result.skipped)} entries that are not images (named on stderr)")
   return "\n".join(lines)
 
 
@@ -361,9 +466,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # keep orbax quiet
   f = flags.FLAGS
   try:
+    check_output_dir(f.output_dir)  # before the model runs, not after
     result = predict(
       f.workdir, f.support_dir, f.query_dir, inner_steps=f.inner_steps, invert=f.invert
     )
+    for line in result.skipped:
+      print(f"skipped {line}", file=sys.stderr)
     os.makedirs(f.output_dir, exist_ok=True)
     path = os.path.join(f.output_dir, CSV_NAME)
     write_csv(path, result)

@@ -3,7 +3,9 @@ generated images and is evaluated on episodes of other shapes."""
 
 import collections
 import csv
+import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -18,6 +20,15 @@ from experiments import evaluate, predict, train
 from experiments.configs import maml_omniglot, protonet_omniglot, sinusoid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _image_fixtures():
+  """tests/data/images_test.py, for its drawings and their file-format variants."""
+  path = os.path.join(ROOT, "tests", "data", "images_test.py")
+  spec = importlib.util.spec_from_file_location("images_test_fixtures", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _fake_omniglot(data_dir=None, *, zip_dir=None, split_protocol="vinyals"):
@@ -69,26 +80,40 @@ def _binary(*args, cwd):
 def test_binary_writes_one_row_per_query(protonet_run, tmp_path):
   """3 classes (the run was trained 5-way), 2 shots; the CSV goes to the current directory."""
   support, query = _folders(str(tmp_path))
+  images = sorted(os.listdir(query))
+  (tmp_path / "query" / "notes.txt").write_text("not an image")
+  (tmp_path / "query" / "older").mkdir()
+  (tmp_path / "query" / ".DS_Store").write_bytes(b"\0")  # hidden: not worth a line
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   out = _binary(
     f"--workdir={protonet_run}", f"--support_dir={support}", f"--query_dir={query}", cwd=cwd
   )
   assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+    f"skipped {query}/notes.txt: not an image (no .png, .jpg, .jpeg, .bmp, .gif, .webp extension)",
+    f"skipped {query}/older: a folder (only the images directly in --query_dir are read)",
+  ]
   with open(cwd / "predictions.csv", newline="") as f:
     rows = list(csv.reader(f))
-  assert rows[0] == ["file", "predicted_class", "score"]
-  assert [r[0] for r in rows[1:]] == sorted(os.listdir(query))
+  assert rows[0] == ["file", "predicted_class", "score", "entropy"]
+  assert [r[0] for r in rows[1:]] == images
   assert all(r[1] in ("alpha", "beta", "gamma") for r in rows[1:])
   scores = [float(r[2]) for r in rows[1:]]
   assert all(0.0 <= s <= 1.0 for s in scores)
   assert all(s >= 1 / 3 - 1e-6 for s in scores)  # the arg-max of a 3-class softmax
+  entropies = [float(r[3]) for r in rows[1:]]
+  assert all(0.0 <= h <= 1.0 for h in entropies)
   assert "support: 3 classes, 2 shots each (6 images)" in out.stdout
   assert "queries: 4 images" in out.stdout
+  assert "skipped: 2 entries that are not images (named on stderr)" in out.stdout
+  worst = int(np.argmax(entropies))
+  assert f"highest entropy: {rows[1 + worst][0]} ({entropies[worst]:.3f})" in out.stdout
   counts = collections.Counter(r[1] for r in rows[1:])
   assert f"predicted: alpha={counts['alpha']}, beta={counts['beta']}, gamma={counts['gamma']}" in (
     out.stdout
   )
+  assert f"(mean score {np.mean(scores):.3f}, mean entropy {np.mean(entropies):.3f})" in out.stdout
 
 
 def test_copies_of_the_support_images_get_their_own_class(protonet_run, tmp_path):
@@ -114,8 +139,77 @@ def test_copies_of_the_support_images_get_their_own_class(protonet_run, tmp_path
   with open(tmp_path / "p.csv", newline="") as f:
     rows = list(csv.reader(f))
   assert rows[1:] == [
-    [f, source[f], f"{s:.6f}"] for f, s in zip(result.files, result.scores, strict=True)
+    [f, source[f], f"{s:.6f}", f"{h:.6f}"]
+    for f, s, h in zip(result.files, result.scores, result.entropy, strict=True)
   ]
+
+
+def _entropy(p, ways):
+  p = np.asarray(p, np.float64)
+  return float(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)) / math.log(ways))
+
+
+def test_entropy_is_that_of_the_class_probabilities(protonet_run, tmp_path):
+  """The entropy column is the normalised entropy of the probabilities behind the score."""
+  support, query = _folders(str(tmp_path), ("a", "b", "c", "d"), shots=1, queries=6)
+  result = predict.predict(protonet_run, support, query)
+  p = result.probabilities
+  assert p.shape == (6, 4)
+  np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(result.scores, p.max(axis=1), rtol=1e-12)
+  assert [result.classes[i] for i in p.argmax(axis=1)] == result.predicted
+  np.testing.assert_allclose(result.entropy, [_entropy(row, 4) for row in p], rtol=1e-9)
+  assert np.all((result.entropy >= 0.0) & (result.entropy <= 1.0))
+
+  # Two classes: the CSV alone gives the distribution, (score, 1 - score).
+  support, query = _folders(str(tmp_path / "two"), ("a", "b"), shots=1, queries=6)
+  result = predict.predict(protonet_run, support, query)
+  predict.write_csv(str(tmp_path / "two.csv"), result)
+  with open(tmp_path / "two.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    score = float(row["score"])
+    assert float(row["entropy"]) == pytest.approx(_entropy([score, 1 - score], 2), abs=2e-5)
+
+
+def test_class_probabilities_from_the_outputs():
+  """Softmax of logits (any method), or normalised relation scores (Relation Networks)."""
+  logits = np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [np.log(2.0), 0.0, -np.inf]])
+  probs, scores, entropy = predict.class_probabilities(logits, raw_scores=False)
+  np.testing.assert_allclose(probs, [[1 / 3] * 3, [1, 0, 0], [2 / 3, 1 / 3, 0]], atol=1e-12)
+  np.testing.assert_allclose(scores, [1 / 3, 1, 2 / 3], atol=1e-12)
+  np.testing.assert_allclose(entropy, [1.0, 0.0, _entropy([2 / 3, 1 / 3, 0], 3)], atol=1e-12)
+  relation = np.array([[0.9, 0.05, 0.05], [0.01, 0.01, 0.01], [0.0, 0.0, 0.0]])
+  probs, scores, entropy = predict.class_probabilities(relation, raw_scores=True)
+  np.testing.assert_allclose(scores, [0.9, 0.01, 0.0])  # the relation scores as they are
+  np.testing.assert_allclose(probs, [[0.9, 0.05, 0.05], [1 / 3] * 3, [1 / 3] * 3])
+  np.testing.assert_allclose(entropy, [_entropy([0.9, 0.05, 0.05], 3), 1.0, 1.0], atol=1e-12)
+
+
+def test_images_are_classified_as_they_look(protonet_run, tmp_path):
+  """Each drawing saved as RGBA on transparent, LA, a transparent palette, RGB, 16-bit,
+  EXIF-rotated PNG and JPEG, and twice the size, is classified as the plain drawing.
+
+  1-shot support of the plain grayscale drawings; the queries are all the
+  variants of all drawings, so (as in the test above) the query batch has the
+  support batch's statistics and each query sits on its own class's prototype.
+  """
+  fixtures = _image_fixtures()
+  shapes = ["cross", "ring", "ell", "tee"]
+  query = tmp_path / "query"
+  query.mkdir()
+  for shape in shapes:
+    (tmp_path / "support" / shape).mkdir(parents=True)
+    for name, data in fixtures.variants(shape).items():
+      if name == "gray":
+        (tmp_path / "support" / shape / "0.png").write_bytes(data)
+      ext = "jpg" if "jpeg" in name else "png"
+      (query / f"{shape} {name}.{ext}").write_bytes(data)
+  result = predict.predict(protonet_run, str(tmp_path / "support"), str(query))
+  assert len(result.files) == 4 * 9
+  assert {f: p for f, p in zip(result.files, result.predicted, strict=True)} == {
+    f: f.split(" ")[0] for f in result.files
+  }
 
 
 def _break(kind, support, query):
@@ -123,8 +217,15 @@ def _break(kind, support, query):
   if kind == "empty class folder":
     path = os.path.join(support, "delta")
     os.makedirs(path)
-    with open(os.path.join(path, "notes.txt"), "w") as f:
+    return path
+  if kind == "non-image file in a class folder":
+    path = os.path.join(support, "beta", "notes.txt")
+    with open(path, "w") as f:
       f.write("not an image")
+    return path
+  if kind == "subfolder in a class folder":
+    path = os.path.join(support, "beta", "more")
+    _save(os.path.join(path, "2.png"), 0)
     return path
   if kind == "unreadable support image":
     path = os.path.join(support, "beta", "broken.png")
@@ -150,6 +251,8 @@ def _break(kind, support, query):
 
 BAD_INPUTS = [
   "empty class folder",
+  "non-image file in a class folder",
+  "subfolder in a class folder",
   "unreadable support image",
   "unreadable query image",
   "empty query dir",
@@ -164,7 +267,9 @@ def test_bad_input_names_the_path(protonet_run, tmp_path, kind):
   path = _break(kind, support, query)
   with pytest.raises((ValueError, FileNotFoundError)) as raised:
     predict.predict(protonet_run, support, query)
-  assert path in str(raised.value) and "\n" not in str(raised.value)
+  message = str(raised.value)
+  assert path in message and "\n" not in message
+  assert " at 0x" not in message  # no <_io.BytesIO object at 0x...>: the file is named
 
 
 def test_binary_reports_bad_input_in_one_line(protonet_run, tmp_path):
@@ -183,6 +288,60 @@ def test_binary_reports_bad_input_in_one_line(protonet_run, tmp_path):
     "every class needs at least one"
   ]
   assert not (tmp_path / "out").exists()
+
+
+def test_stray_support_file_is_refused_with_its_name(protonet_run, tmp_path):
+  support, query = _folders(str(tmp_path))
+  path = _break("non-image file in a class folder", support, query)
+  with pytest.raises(ValueError) as raised:
+    predict.predict(protonet_run, support, query)
+  assert str(raised.value) == (
+    f"{path}: not an image (no .png, .jpg, .jpeg, .bmp, .gif, .webp extension); the class "
+    "folders of --support_dir must hold only images (a class would silently lose an "
+    "example): convert or remove it"
+  )
+
+
+def test_loose_support_files_are_skipped_and_named(protonet_run, tmp_path):
+  """Files beside the class folders belong to no class: reported, and the classes are intact."""
+  support, query = _folders(str(tmp_path))
+  _save(os.path.join(support, "stray.png"), 0)
+  with open(os.path.join(support, "README"), "w") as f:
+    f.write("my classes")
+  result = predict.predict(protonet_run, support, query)
+  assert result.classes == ["alpha", "beta", "gamma"]
+  assert result.shots == {"alpha": 2, "beta": 2, "gamma": 2}
+  assert result.skipped == [
+    f"{support}/README: not an image (no .png, .jpg, .jpeg, .bmp, .gif, .webp extension)",
+    f"{support}/stray.png: not in a class folder (support images go in support_dir/<class>/)",
+  ]
+
+
+def test_output_dir_is_checked_before_the_model_runs(tmp_path):
+  """An --output_dir that is a file fails at once, in one line, before any run is read."""
+  support, query = _folders(str(tmp_path))
+  taken = tmp_path / "taken"
+  taken.write_text("a file")
+  out = _binary(
+    f"--workdir={tmp_path / 'no_such_run'}",  # reading the run would fail: it must not get there
+    f"--support_dir={support}",
+    f"--query_dir={query}",
+    f"--output_dir={taken}",
+    cwd=tmp_path,
+  )
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+    f"error: --output_dir={taken}: exists and is not a folder"
+  ]
+  with pytest.raises(ValueError, match=re.escape(f"--output_dir={taken}/sub: {taken} is a file")):
+    predict.check_output_dir(str(taken / "sub"))
+  (tmp_path / "out" / predict.CSV_NAME).mkdir(parents=True)
+  with pytest.raises(
+    ValueError, match=re.escape(f"--output_dir={tmp_path / 'out'}: {tmp_path}/out/predictions")
+  ):
+    predict.check_output_dir(str(tmp_path / "out"))
+  predict.check_output_dir(str(tmp_path / "new" / "deeper"))  # created later, when writing
+  assert not (tmp_path / "new").exists()
 
 
 def _run_folder(tmp_path, config, checkpoint=True):
