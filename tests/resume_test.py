@@ -28,6 +28,11 @@ from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
 
+try:  # task-family evaluators, where the library has them
+  from metalearn import evaluation
+except ImportError:
+  evaluation = None
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "configs", "sinusoid.py")
 NUM_STEPS = 200
@@ -141,9 +146,11 @@ def _poisoned(bad_step):
 
 
 def _train(workdir, num_steps, sampler):
+  learner = algorithms.maml(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=1)
   return training.meta_train(
-    algorithms.maml(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=1),
+    learner,
     sampler,
+    **({} if evaluation is None else {"evaluate": evaluation.regression(learner)}),
     optimizer=optax.adam(1e-3),
     num_steps=num_steps,
     meta_batch_size=4,

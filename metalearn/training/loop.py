@@ -1,146 +1,25 @@
-"""The one training loop: meta-train, evaluate periodically, checkpoint, resume.
-
-`meta_train` runs `make_meta_step` under `jax.jit` on batches drawn by a
-host-side sampler. Episodes for step s come from `np.random.default_rng([seed,
-1, s])` and the step's PRNG key is `fold_in(rng, s)`, so a run restarted from
-a checkpoint sees exactly the data and randomness it would have seen had it
-not stopped. Checkpoints are orbax checkpoints under `<workdir>/checkpoints`
-(written to a temporary folder and renamed when complete); a run started again
-in the same workdir resumes from the newest readable one.
-
-Devices: the meta-batch is sharded along the task axis of a device mesh
-(`metalearn.parallel`; by default every device of the job) and the state is
-replicated, so one, eight or a pod's worth of devices run the same loop. On a
-multi-process job (`jax.distributed.initialize()` called by the binary) each
-process draws only its own tasks (see `sample_shards`), checkpoints are written
-collectively, and only process 0 writes logs, metrics and `eval.json`.
-"""
+"""`meta_train`: the loop that takes meta-steps and, between them, logs, validates, saves."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from metalearn import core, parallel
-from metalearn import episodes as ep
+from metalearn.training import checkpoints as ckpt
+from metalearn.training import faults, held_out, sampling
+from metalearn.training import writer as writing
+from metalearn.training.progress import Progress, fmt_summary
 
-Sampler = Callable[[np.random.Generator, int], ep.Episode]
-
-TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 1, 2, 3
-
-
-def episode_rng(
-  seed: int, stream: int, index: int = 0, piece: int | None = None
-) -> np.random.Generator:
-  """The numpy generator for episode batch `index` of a stream (train/val/test).
-
-  A batch drawn in several pieces (one per process on a multi-host job) seeds
-  piece j with `[seed, stream, index, j]`; a batch drawn whole with `[seed,
-  stream, index]`.
-  """
-  return np.random.default_rng(
-    [seed, stream, index] if piece is None else [seed, stream, index, piece]
-  )
-
-
-class MetricWriter:
-  """Writes scalars to the terminal, `<workdir>/metrics.jsonl` and TensorBoard.
-
-  Args:
-    workdir: run folder.
-    resume_step: when resuming, lines and events after this step are dropped
-      so the logs read as one uninterrupted run (a line cut short by a killed
-      job is dropped too).
-    verbose: print to the terminal.
-    tensorboard: write TensorBoard events under `<workdir>/tensorboard`.
-
-  Attributes:
-    last: name -> the latest value of each metric in the lines kept on resume
-      (empty on a fresh run), e.g. the count of skipped non-finite steps.
-  """
-
-  def __init__(
-    self,
-    workdir: str,
-    *,
-    resume_step: int | None = None,
-    verbose: bool = True,
-    tensorboard: bool = True,
-  ):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.verbose = verbose
-    self.last: dict[str, float] = {}
-    if resume_step is not None and os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if _step_of(line) <= resume_step]
-      for line in kept:
-        self.last.update(json.loads(line))
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
-    elif resume_step is None and os.path.exists(self.path):
-      os.remove(self.path)
-    self._file = open(self.path, "a")  # noqa: SIM115 (closed in close())
-    self._tb = None
-    if tensorboard:
-      from tensorboardX import SummaryWriter
-
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
-
-  def write(self, step: int, metrics: dict[str, float], *, prefix: str = "") -> None:
-    """Records `metrics` at `step`; names get `prefix` (e.g. "val/")."""
-    row = {"step": int(step), **{prefix + k: float(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
-    if self._tb is not None:
-      for k, v in row.items():
-        if k != "step":
-          self._tb.add_scalar(k.replace("@", "_at_"), v, step)
-      self._tb.flush()
-
-  def log(self, message: str) -> None:
-    """Prints one progress line to the terminal (when verbose)."""
-    if self.verbose:
-      print(message, file=sys.stdout, flush=True)
-
-  def close(self) -> None:
-    self._file.close()
-    if self._tb is not None:
-      self._tb.close()
-
-
-def _step_of(line: str) -> float:
-  """The step of a metrics.jsonl line; a line cut short by a killed job counts as never."""
-  try:
-    return json.loads(line)["step"] if line.endswith("\n") else math.inf
-  except (ValueError, KeyError, TypeError):
-    return math.inf
-
-
-class _NullWriter:
-  """What processes other than 0 write: nothing."""
-
-  last: dict[str, float] = {}  # noqa: RUF012 (never written)
-
-  def write(self, step: int, metrics: dict[str, float], *, prefix: str = "") -> None:
-    del step, metrics, prefix
-
-  def log(self, message: str) -> None:
-    del message
-
-  def close(self) -> None:
-    """Nothing was opened."""
+Metrics = dict[str, Any]
 
 
 class TrainResult(NamedTuple):
@@ -150,87 +29,195 @@ class TrainResult(NamedTuple):
   eval_summary: dict[str, dict[str, float | int]]
 
 
-def fixed_batches(sampler: Sampler, seed: int, stream: int, num_tasks: int, batch_size: int):
-  """A fixed list of evaluation batches (the same for every call with these arguments).
+class Schedule(NamedTuple):
+  """When the loop logs, validates and saves, and how many steps each call takes."""
 
-  `meta_train` draws its validation (`VAL_STREAM`) and test (`TEST_STREAM`)
-  episodes this way; `experiments.evaluate` redraws the test ones.
+  num_steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  steps_per_call: int
+
+  def call_size(self, step: int) -> int:
+    """Steps the call at `step` takes: `steps_per_call`, unless an event comes first."""
+    intervals = [n for n in (self.log_every, self.eval_every, self.checkpoint_every) if n]
+    event = min([self.num_steps] + [(step // n + 1) * n for n in intervals])
+    return self.steps_per_call if event - step >= self.steps_per_call else 1
+
+  def logs(self, done: int) -> bool:
+    return done % self.log_every == 0 or done == self.num_steps
+
+  def validates(self, done: int) -> bool:
+    return bool(self.eval_every) and done % self.eval_every == 0 and done != self.num_steps
+
+  def saves(self, done: int) -> bool:
+    return (bool(self.checkpoint_every) and done % self.checkpoint_every == 0) or (
+      done == self.num_steps
+    )
+
+
+class StepMetrics:
+  """The metrics of the steps since the last metrics line: fetched, checked, averaged.
+
+  Device metrics are fetched only when a line is due (`collect`), so the host
+  does not wait for the device after every call. Each step is checked by
+  `NonfiniteSteps` as it is fetched.
+
+  Args:
+    writer: the run's metric writer.
+    progress: the run's timing.
+    nonfinite: the run's non-finite step check.
+    unlogged: steps fetched before (a run resumed between two lines).
   """
-  out, index = [], 0
-  while num_tasks > 0:
-    size = min(batch_size, num_tasks)
-    out.append(sampler(episode_rng(seed, stream, index), size))
-    num_tasks -= size
-    index += 1
-  return out
+
+  def __init__(self, writer, progress: Progress, nonfinite: faults.NonfiniteSteps, unlogged=()):
+    self.writer, self.progress, self.nonfinite = writer, progress, nonfinite
+    self.pending: list[tuple[int, Metrics]] = []  # (first step index, metrics [] or [k])
+    self.unlogged: list[tuple[int, Metrics]] = list(unlogged)  # (step index, host scalars)
+
+  def add(self, first: int, metrics: Metrics) -> None:
+    self.pending.append((first, metrics))
+
+  def collect(self, checkpoint: int | None) -> None:
+    """Fetches the pending metrics and checks each step (may raise, see `NonfiniteSteps`)."""
+    fetched = parallel.fetch([m for _, m in self.pending])
+    for (first, _), m in zip(self.pending, fetched, strict=True):
+      m = {k: np.reshape(v, -1) for k, v in m.items()}  # one entry per step of the call
+      for i in range(len(m["loss"])):
+        step_metrics = {k: v[i] for k, v in m.items()}
+        self.nonfinite.check(first + i, step_metrics, checkpoint)
+        self.unlogged.append((first + i, step_metrics))
+    self.pending = []
+
+  def flush(self, step: int, checkpoint: int | None) -> None:
+    """Writes the metrics line of `step` (means since the last line) and the progress line."""
+    self.collect(checkpoint)
+    if not self.unlogged:
+      return
+    row = mean_row([m for _, m in self.unlogged])
+    row["nonfinite_steps"] = self.nonfinite.skipped
+    rate = self.progress.rate(step)
+    row["steps_per_sec"] = rate
+    self.writer.write(step, row)
+    self.writer.log(self.progress.line(step, row, rate))
+    self.unlogged = []
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = int(seconds)
-  return (
-    f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 3600
-    else (f"{seconds // 60}m{seconds % 60:02d}s")
+def mean_row(steps: list[Metrics]) -> dict[str, float]:
+  """Each metric's mean over the finite values of `steps`; `<name>/nonfinite` counts the others."""
+  row, counts = {}, {}
+  for k in steps[-1]:
+    if k == "nonfinite":
+      continue
+    values = [m[k] for m in steps]
+    finite = [v for v in values if np.isfinite(v)]
+    row[k] = float(np.mean(finite)) if finite else math.nan
+    if len(finite) < len(values):
+      counts[f"{k}/nonfinite"] = len(values) - len(finite)
+  return {**row, **counts}
+
+
+def compiled_steps(
+  learner: core.MetaLearner, optimizer: optax.GradientTransformation, strategy: str, mesh
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """`(one step, steps_per_call steps)`, jitted with the state replicated and tasks sharded."""
+  donate = (0,) if jax.default_backend() != "cpu" else ()
+  replicated, sharded = parallel.replicated(mesh), parallel.task_sharded(mesh)
+  meta_step = core.make_meta_step(learner, optimizer, strategy=strategy)
+  one, many = (
+    jax.jit(
+      fn,
+      in_shardings=(replicated, sharded),
+      out_shardings=(replicated, replicated),
+      donate_argnums=donate,
+    )
+    for fn in (meta_step, core.repeat_step(meta_step))
   )
+  return one, many
 
 
-def _fmt_rate(steps_per_sec: float) -> str:
-  """`1361 steps/s`, or `4.1 s/step` for runs slower than a step a second."""
-  if steps_per_sec >= 1 or steps_per_sec <= 0:
-    return f"{steps_per_sec:.0f} steps/s"
-  return f"{1 / steps_per_sec:.1f} s/step"
+def train_batches(
+  sampler: sampling.Sampler, seed: int, meta_batch_size: int, mesh, num_pieces: int
+) -> Callable[[int], Any]:
+  """`step -> global batch`: step s's tasks, each process drawing its own pieces."""
+
+  def batch(step: int) -> Any:
+    def piece(j: int, n: int) -> Any:
+      rng = sampling.episode_rng(seed, sampling.TRAIN_STREAM, step, None if num_pieces == 1 else j)
+      return sampler(rng, n)
+
+    return parallel.sample_global_batch(piece, meta_batch_size, mesh, num_pieces)
+
+  return batch
 
 
-def _fmt_summary(summary: dict[str, dict[str, Any]]) -> str:
-  return "  ".join(f"{k}={v['mean']:.4g}±{v['ci95']:.2g}" for k, v in sorted(summary.items()))
-
-
-def _restore_latest(
-  manager: ocp.CheckpointManager, abstract: dict, log, *, set_aside: bool = True
-) -> dict | None:
-  """Restores the newest checkpoint that reads back whole, skipping broken ones.
-
-  A checkpoint that fails to read is renamed `<step>.unreadable` (kept for
-  inspection, never loaded again) when `set_aside`, so training can write that
-  step anew; on several processes, process 0 renames it while the others wait.
-  """
-  for step in sorted(manager.all_steps(), reverse=True):
+@contextlib.contextmanager
+def workdir_lock(workdir: str, log: Callable[[str], None]) -> Iterator[None]:
+  """Holds `<workdir>/lock` (process 0 takes it; on several processes all fail together)."""
+  lock = faults.WorkdirLock(workdir, log)
+  error = None
+  if parallel.is_primary():
     try:
-      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:
-      log(
-        f"warning: checkpoint at step {step} could not be read ({type(e).__name__}: "
-        f"{str(e)[:200]}); trying an older one"
-      )
-      if set_aside:
-        parallel.sync(f"metalearn_unreadable_{step}")
-        if parallel.is_primary():
-          path = os.path.join(str(manager.directory), str(step))
-          os.replace(path, f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
-        parallel.sync(f"metalearn_set_aside_{step}")
-        manager.reload()
-  return None
+      lock.__enter__()
+    except faults.WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if int(failed) and error is None:
+      error = faults.WorkdirLockedError(f"process 0 could not take the lock of workdir {workdir}")
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    lock.__exit__(None, None, None)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to `path` through a temporary file and a rename."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def check_arguments(**kwargs: Any) -> None:
+  """Raises ValueError naming the first of `meta_train`'s arguments that is out of range."""
+  for name in ("num_steps", "eval_every", "checkpoint_every"):
+    value = kwargs[name]
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+  for name in (
+    "meta_batch_size",
+    "log_every",
+    "num_eval_tasks",
+    "eval_batch_size",
+    "num_val_tasks",
+    "max_to_keep",
+    "steps_per_call",
+  ):
+    value = kwargs[name]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name} must be an int > 0, got {value!r}")
+  if kwargs["on_nonfinite"] not in ("raise", "skip"):
+    raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {kwargs['on_nonfinite']!r}")
+  fraction = kwargs["max_skipped_fraction"]
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+    raise ValueError(f"max_skipped_fraction must be a number in [0, 1], got {fraction!r}")
+  shards = kwargs["sample_shards"]
+  if shards is not None and (not isinstance(shards, int) or shards <= 0):
+    raise ValueError(f"sample_shards must be an int > 0 or None, got {shards!r}")
+  workdir = kwargs["workdir"]
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"workdir {workdir!r} exists and is not a directory")
 
 
 def meta_train(
   learner: core.MetaLearner,
-  sampler: Sampler,
+  sampler: sampling.Sampler,
   *,
   optimizer: optax.GradientTransformation,
   num_steps: int,
   meta_batch_size: int,
   workdir: str,
+  evaluate: Callable[..., Any] | None = None,
   seed: int = 0,
-  eval_sampler: Sampler | None = None,
-  val_sampler: Sampler | None = None,
+  eval_sampler: sampling.Sampler | None = None,
+  val_sampler: sampling.Sampler | None = None,
   eval_every: int = 1000,
   checkpoint_every: int = 1000,
   log_every: int = 100,
@@ -240,6 +227,7 @@ def meta_train(
   strategy: str = "auto",
   max_to_keep: int = 3,
   on_nonfinite: str = "raise",
+  max_skipped_fraction: float = 0.1,
   verbose: bool = True,
   mesh: jax.sharding.Mesh | None = None,
   sample_shards: int | None = None,
@@ -249,12 +237,16 @@ def meta_train(
 
   Args:
     learner: the algorithm.
-    sampler: `(rng, num_tasks) -> Episode [T, ...]` (numpy, host side).
+    sampler: `(rng, num_tasks) -> tasks [T, ...]` (numpy, host side).
     optimizer: outer optimizer.
     num_steps: total meta-steps (a resumed run continues up to this).
     meta_batch_size: tasks per meta-step.
     workdir: where checkpoints, `metrics.jsonl`, TensorBoard events and
-      `eval.json` go.
+      `eval.json` go. While the run lasts, `<workdir>/lock` names its process;
+      a second run on the same workdir raises `WorkdirLockedError`.
+    evaluate: the task family's one-task evaluator `(theta, task, key) ->
+      {name: scalar}` for validation and the final evaluation (default: the
+      learner's own).
     seed: seeds parameters, episodes and PRNG keys.
     eval_sampler: sampler of held-out episodes for the final evaluation
       (default: `sampler`).
@@ -268,10 +260,14 @@ def meta_train(
     eval_batch_size: tasks per evaluation batch.
     strategy: task batching strategy (see `core.batch_over_tasks`).
     max_to_keep: checkpoints kept.
-    on_nonfinite: `"raise"`: stop with `FloatingPointError` naming the step at
-      the first non-finite meta-loss or gradient (nothing after the last good
-      checkpoint is saved); `"skip"`: the update is skipped and counted in the
-      `nonfinite_steps` metric.
+    on_nonfinite: `"raise"`: stop with `FloatingPointError` at the first
+      non-finite meta-loss or gradient, naming the step (counted as completed
+      steps are, from 1) and the last good checkpoint, which is kept (nothing
+      after it is saved); `"skip"`: the update is skipped, a line names the
+      step, and `nonfinite_steps` (metrics lines, `eval.json`) counts them.
+    max_skipped_fraction: with `on_nonfinite="skip"`, the run stops with
+      `SkippedStepsError` (a `FloatingPointError`) as soon as more than this
+      fraction of its `num_steps` steps were skipped (1.0: never).
     verbose: print progress (on process 0 only).
     mesh: the devices to shard the task axis over (`parallel.make_mesh`);
       default: every device of the job. `meta_batch_size` must be a multiple
@@ -296,32 +292,20 @@ def meta_train(
   Returns:
     `TrainResult(state, eval_summary)`; `eval_summary` is also written to
     `<workdir>/eval.json` as `{"metrics": {name: {"mean", "ci95", "n",
-    "nonfinite"}}, "step", "num_tasks", "method"}`.
+    "nonfinite"}}, "step", "num_tasks", "method", "nonfinite_steps"}` (strict
+    JSON: a mean or interval with no finite value is `null`).
+
+  Raises:
+    FloatingPointError: a non-finite step with `on_nonfinite="raise"`.
+    SkippedStepsError: too many skipped steps with `on_nonfinite="skip"`.
+    Preempted: the process received SIGTERM; a checkpoint was saved at the
+      last completed step and running again resumes from it, ending as a run
+      never stopped would.
+    WorkdirLockedError: another process is training in `workdir`.
+    CheckpointWriteError: a checkpoint could not be written (e.g. the disk is
+      full); the previous checkpoint is kept and a re-run resumes from it.
   """
-  for name, value in [
-    ("num_steps", num_steps),
-    ("eval_every", eval_every),
-    ("checkpoint_every", checkpoint_every),
-  ]:
-    if not isinstance(value, int) or value < 0:
-      raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-  for name, value in [
-    ("meta_batch_size", meta_batch_size),
-    ("log_every", log_every),
-    ("num_eval_tasks", num_eval_tasks),
-    ("eval_batch_size", eval_batch_size),
-    ("num_val_tasks", num_val_tasks),
-    ("max_to_keep", max_to_keep),
-    ("steps_per_call", steps_per_call),
-  ]:
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{name} must be an int > 0, got {value!r}")
-  if on_nonfinite not in ("raise", "skip"):
-    raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
-  if sample_shards is not None and (not isinstance(sample_shards, int) or sample_shards <= 0):
-    raise ValueError(f"sample_shards must be an int > 0 or None, got {sample_shards!r}")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"workdir {workdir!r} exists and is not a directory")
+  check_arguments(**locals())
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_divisible(meta_batch_size, mesh, "meta_batch_size")
   num_pieces = sample_shards or jax.process_count()
@@ -332,188 +316,231 @@ def meta_train(
     )
   os.makedirs(workdir, exist_ok=True)
   parallel.check_shared_directory(workdir)
-  eval_sampler = eval_sampler or sampler
-  val_sampler = val_sampler or eval_sampler
-  primary = parallel.is_primary()
-  verbose = verbose and primary
-
-  example = ep.task(sampler(episode_rng(seed, TRAIN_STREAM, 0), 1), 0)
-  state = core.init_state(learner, optimizer, jax.random.PRNGKey(seed), example)
-  state = parallel.replicate(state, mesh)
-  manager = ocp.CheckpointManager(
-    os.path.abspath(os.path.join(workdir, "checkpoints")),
-    options=ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
-      create=True,
-      enable_async_checkpointing=False,
-      cleanup_tmp_directories=True,
-    ),
-  )
+  verbose = verbose and parallel.is_primary()
   log = (lambda m: print(m, flush=True)) if verbose else (lambda m: None)
-  restored = _restore_latest(manager, state._asdict(), log)
-  start = 0
-  if restored is not None:
-    state = core.MetaTrainState(**restored)
-    start = int(parallel.fetch(state.step))
-    log(f"[{learner.name}] resuming from the checkpoint at step {start}")
-  writer = (
-    MetricWriter(workdir, resume_step=start if restored is not None else None, verbose=verbose)
-    if primary
-    else _NullWriter()
+  eval_sampler = eval_sampler or sampler
+  run = Run(
+    learner=learner,
+    sampler=sampler,
+    optimizer=optimizer,
+    meta_batch_size=meta_batch_size,
+    workdir=workdir,
+    seed=seed,
+    schedule=Schedule(num_steps, log_every, eval_every, checkpoint_every, steps_per_call),
+    eval_step=held_out.make_eval_step(learner, evaluate, strategy),
+    val_batches=lambda: sampling.fixed_batches(
+      val_sampler or eval_sampler, seed, sampling.VAL_STREAM, num_val_tasks, eval_batch_size
+    ),
+    test_batches=lambda: sampling.fixed_batches(
+      eval_sampler, seed, sampling.TEST_STREAM, num_eval_tasks, eval_batch_size
+    ),
+    num_val_tasks=num_val_tasks,
+    num_eval_tasks=num_eval_tasks,
+    strategy=strategy,
+    max_to_keep=max_to_keep,
+    on_nonfinite=on_nonfinite,
+    max_skipped_fraction=max_skipped_fraction,
+    verbose=verbose,
+    log=log,
+    mesh=mesh,
+    num_pieces=num_pieces,
   )
+  with workdir_lock(workdir, log), faults.StopOnSigterm() as sigterm:
+    return train(run, sigterm)
 
-  donate = (0,) if jax.default_backend() != "cpu" else ()
-  replicated, sharded = parallel.replicated(mesh), parallel.task_sharded(mesh)
-  meta_step = core.make_meta_step(learner, optimizer, strategy=strategy)
-  step_fn, steps_fn = (
-    jax.jit(
-      fn,
-      in_shardings=(replicated, sharded),
-      out_shardings=(replicated, replicated),
-      donate_argnums=donate,
-    )
-    for fn in (meta_step, core.repeat_step(meta_step))
+
+class Run(NamedTuple):
+  """What `meta_train` was asked to do, checked; the parts below read it."""
+
+  learner: core.MetaLearner
+  sampler: sampling.Sampler
+  optimizer: optax.GradientTransformation
+  meta_batch_size: int
+  workdir: str
+  seed: int
+  schedule: Schedule
+  eval_step: Callable[..., Any]
+  val_batches: Callable[[], list[Any]]
+  test_batches: Callable[[], list[Any]]
+  num_val_tasks: int
+  num_eval_tasks: int
+  strategy: str
+  max_to_keep: int
+  on_nonfinite: str
+  max_skipped_fraction: float
+  verbose: bool
+  log: Callable[[str], None]
+  mesh: jax.sharding.Mesh
+  num_pieces: int
+
+
+def restore_or_init(
+  run: Run, checkpoints: ckpt.Checkpoints
+) -> tuple[core.MetaTrainState, int | None]:
+  """`(state, step)` of the newest readable checkpoint, else `(initial state, None)`."""
+  example = sampling.first_task(
+    run.sampler(sampling.episode_rng(run.seed, sampling.TRAIN_STREAM, 0), 1)
   )
-  intervals = [n for n in (log_every, eval_every, checkpoint_every) if n]
+  state = core.init_state(run.learner, run.optimizer, jax.random.PRNGKey(run.seed), example)
+  state = parallel.replicate(state, run.mesh)
+  restored = checkpoints.restore(state)
+  if restored is None:
+    return state, None
+  step = int(parallel.fetch(restored.step))
+  run.log(f"[{run.learner.name}] resuming from the checkpoint at step {step}")
+  return restored, step
 
-  def call_size(step: int) -> int:
-    """Steps the call at `step` takes: `steps_per_call`, unless an event comes first."""
-    event = min([num_steps] + [(step // n + 1) * n for n in intervals])
-    return steps_per_call if event - step >= steps_per_call else 1
 
-  eval_jit = jax.jit(
-    core.make_eval_step(learner, strategy=strategy),
-    in_shardings=(replicated, sharded, replicated),
-    out_shardings=replicated,
-  )
+def resumed_metrics(workdir: str, step: int | None) -> tuple[int, list[tuple[int, Metrics]]]:
+  """`(skipped steps, unlogged steps)` at the checkpoint of `step` (None: a fresh run)."""
+  if step is None:
+    if parallel.is_primary():
+      writing.remove_unlogged(workdir)
+    return 0, []
+  saved = writing.load_unlogged(workdir, step)
+  if saved is not None:
+    return saved
+  last = writing.last_values(os.path.join(workdir, "metrics.jsonl"), step)
+  return int(last.get("nonfinite_steps", 0)), []
 
-  def eval_step(theta, batch, key):
-    """Per-task metrics `[T]` (numpy) of a host batch, padded to the mesh and sharded."""
-    n = ep.num_tasks(batch)
-    padded = parallel.put_global_batch(parallel.pad_tasks(batch, mesh.size), mesh)
-    metrics = parallel.fetch(eval_jit(theta, padded, parallel.replicate(key, mesh)))
-    return {k: v[:n] for k, v in metrics.items()}
 
-  def train_batch(step: int) -> ep.Episode:
-    def piece(j: int, n: int) -> ep.Episode:
-      return sampler(episode_rng(seed, TRAIN_STREAM, step, None if num_pieces == 1 else j), n)
+class Stopper:
+  """Stops the run at a completed step on SIGTERM: checkpoint there, then `Preempted`.
 
-    return parallel.sample_global_batch(piece, meta_batch_size, mesh, num_pieces)
+  On several processes the request is agreed on at metrics-line steps (every
+  process stops at the same step, as checkpoints are written collectively).
+  """
 
-  val_batches = fixed_batches(val_sampler, seed, VAL_STREAM, num_val_tasks, eval_batch_size)
-  eval_key = jax.random.PRNGKey(seed + 1)
+  def __init__(self, run: Run, sigterm: faults.StopOnSigterm, checkpoints, metrics):
+    self.run, self.sigterm, self.checkpoints, self.metrics = run, sigterm, checkpoints, metrics
 
-  def validate(step: int) -> None:
-    summary = core.evaluate(eval_step, state.theta, val_batches, eval_key)
-    writer.write(step, {k: v["mean"] for k, v in summary.items()}, prefix="val/")
-    writer.log(
-      f"[{learner.name}] step {step} validation ({num_val_tasks} tasks): {_fmt_summary(summary)}"
+  def due(self, done: int) -> bool:
+    if jax.process_count() == 1:
+      return self.sigterm.requested
+    if not self.run.schedule.logs(done):
+      return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(self.sigterm.requested))
+    return bool(np.any(flags))
+
+  def stop(self, done: int, state: core.MetaTrainState) -> None:
+    """Saves `state` as step `done` (unless saved already) and raises `Preempted`."""
+    self.metrics.collect(self.checkpoints.latest)
+    if self.checkpoints.latest != done:
+      if parallel.is_primary():
+        writing.save_unlogged(
+          self.run.workdir, done, self.metrics.nonfinite.skipped, self.metrics.unlogged
+        )
+      self.checkpoints.save(done, state)
+    raise faults.Preempted(done, self.run.workdir)
+
+
+def train(run: Run, sigterm: faults.StopOnSigterm) -> TrainResult:
+  """Sets the run up (state, checkpoints, writer), runs the loop, evaluates, writes eval.json."""
+  name, primary = run.learner.name, parallel.is_primary()
+  checkpoints = ckpt.Checkpoints(run.workdir, max_to_keep=run.max_to_keep, log=run.log)
+  writer: Any = writing.NullWriter()
+  try:
+    state, resumed = restore_or_init(run, checkpoints)
+    skipped, unlogged = resumed_metrics(run.workdir, resumed)
+    if primary:
+      writer = writing.MetricWriter(run.workdir, resume_step=resumed, verbose=run.verbose)
+    start = resumed or 0
+    progress = Progress(name, run.schedule.num_steps, start)
+    nonfinite = faults.NonfiniteSteps(
+      run.on_nonfinite,
+      max_skipped_fraction=run.max_skipped_fraction,
+      num_steps=run.schedule.num_steps,
+      skipped=skipped,
+      name=name,
+      workdir=run.workdir,
+      log=writer.log,
     )
-
-  pending: list[tuple[int, dict]] = []  # (first step, metrics [] or [k] of the call)
-  # Skipped steps so far: a resumed run reads the count logged at its checkpoint.
-  skipped = int(writer.last.get("nonfinite_steps", 0))
-  t0, timed_from = time.time(), start
-
-  def flush(step: int) -> None:
-    """Fetches the metrics of the steps since the last flush, checks them, logs them."""
-    nonlocal skipped, pending
-    if not pending:
-      return
-    fetched = []
-    for (first, _), m in zip(pending, parallel.fetch([m for _, m in pending]), strict=True):
-      m = {k: np.reshape(v, -1) for k, v in m.items()}  # one entry per step of the call
-      fetched += [(first + i, {k: v[i] for k, v in m.items()}) for i in range(len(m["loss"]))]
-    for s, m in fetched:
-      if m["nonfinite"] > 0:
-        if on_nonfinite == "raise":
-          writer.close()
-          raise FloatingPointError(
-            f"non-finite meta-loss or meta-gradient at step {s} (loss={m['loss']}); theta was "
-            f"not updated and the last good checkpoint in {workdir} is kept. Lower the "
-            "learning rates, or set on_nonfinite='skip' to skip such steps."
-          )
-        skipped += 1
-    mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
-    mean.pop("nonfinite")
-    mean["nonfinite_steps"] = skipped
-    rate = (step - timed_from) / max(time.time() - t0, 1e-9)
-    mean["steps_per_sec"] = rate
-    writer.write(step, mean)
-    eta = (num_steps - step) / rate if rate > 0 else math.inf
-    writer.log(
-      f"[{learner.name}] step {step}/{num_steps} ({100 * step / max(num_steps, 1):.0f}%) "
-      f"loss={mean['loss']:.4g} grad_norm={mean['grad_norm']:.3g} "
-      f"{_fmt_rate(rate)} ETA {_fmt_time(eta) if math.isfinite(eta) else '?'}"
+    metrics = StepMetrics(writer, progress, nonfinite, unlogged)
+    stopper = Stopper(run, sigterm, checkpoints, metrics)
+    evaluation = held_out.HeldOut(
+      held_out.sharded(run.eval_step, run.mesh),
+      key=jax.random.PRNGKey(run.seed + 1),
+      writer=writer,
+      name=name,
+      stop_requested=lambda: sigterm.requested,
+      on_stop=lambda: stopper.stop(int(parallel.fetch(state.step)), state),
     )
-    pending = []
+    state = loop(run, state, start, metrics, progress, evaluation, checkpoints, stopper)
+    return finish(run, state, evaluation, writer, nonfinite)
+  finally:
+    writer.close()
+    checkpoints.close()
 
-  if start == 0 and num_steps > 0:
-    devices = f"{mesh.size} {mesh.devices.flat[0].platform} device(s)"
+
+def loop(run, state, start, metrics, progress, evaluation, checkpoints, stopper):
+  """Meta-steps from `start` to `num_steps`; between calls: lines, validation, checkpoints."""
+  schedule = run.schedule
+  one, many = compiled_steps(run.learner, run.optimizer, run.strategy, run.mesh)
+  batch = train_batches(run.sampler, run.seed, run.meta_batch_size, run.mesh, run.num_pieces)
+  val_batches = run.val_batches()
+  if start == 0 and schedule.num_steps > 0:
+    devices = f"{run.mesh.size} {run.mesh.devices.flat[0].platform} device(s)"
     if jax.process_count() > 1:
       devices += f" of {jax.process_count()} processes"
-    log(
-      f"[{learner.name}] training {num_steps} meta-steps of {meta_batch_size} tasks "
-      f"(strategy={strategy}, {devices}); compiling..."
+    run.log(
+      f"[{run.learner.name}] training {schedule.num_steps} meta-steps of {run.meta_batch_size} "
+      f"tasks (strategy={run.strategy}, {devices}); compiling..."
     )
   step = start
-  while step < num_steps:
-    size = call_size(step)
+  while step < schedule.num_steps:
+    size = schedule.call_size(step)
     if size == 1:
-      state, metrics = step_fn(state, train_batch(step))
+      state, step_metrics = one(state, batch(step))
     else:
-      state, metrics = steps_fn(state, tuple(train_batch(s) for s in range(step, step + size)))
-    pending.append((step, metrics))
+      state, step_metrics = many(state, tuple(batch(s) for s in range(step, step + size)))
+    metrics.add(step, step_metrics)
     done = step + size
     if step == start:
-      jax.block_until_ready(metrics)
-      what = "step" if size == 1 else f"call of {size} steps"
-      log(f"[{learner.name}] first {what} (compile included) took {time.time() - t0:.1f}s")
-      t0, timed_from = time.time(), done
-    if done % log_every == 0 or done == num_steps:
-      flush(done)
-    paused = time.time()
-    if eval_every and done % eval_every == 0 and done != num_steps:
-      validate(done)
-    if (checkpoint_every and done % checkpoint_every == 0) or done == num_steps:
-      flush(done)
-      manager.save(done, args=ocp.args.StandardSave(state._asdict()), force=True)
-    t0 += time.time() - paused  # the step rate counts training only
+      jax.block_until_ready(step_metrics)
+      run.log(progress.first_call_done(done, size))
+    if schedule.logs(done):
+      metrics.flush(done, checkpoints.latest)
+    with progress.paused():
+      if schedule.validates(done):
+        evaluation.validate(done, state.theta, val_batches, run.num_val_tasks)
+      if schedule.saves(done):
+        metrics.flush(done, checkpoints.latest)
+        checkpoints.save(done, state)
+      if stopper.due(done):
+        stopper.stop(done, state)
     step = done
-  manager.wait_until_finished()
+  return state
 
-  test_batches = fixed_batches(eval_sampler, seed, TEST_STREAM, num_eval_tasks, eval_batch_size)
+
+def finish(run, state, evaluation, writer, nonfinite) -> TrainResult:
+  """The final evaluation: its lines, `eval.json` (process 0), and the result."""
+  test_batches = run.test_batches()
   t_eval = time.time()
-  summary = core.evaluate(eval_step, state.theta, test_batches, eval_key)
-  writer.log(
-    f"[{learner.name}] final evaluation on {num_eval_tasks} held-out tasks "
-    f"({time.time() - t_eval:.1f}s): {_fmt_summary(summary)}"
-  )
   final_step = int(parallel.fetch(state.step))
-  writer.write(final_step, {k: v["mean"] for k, v in summary.items()}, prefix="eval/")
+  summary = evaluation.final(final_step, state.theta, test_batches)
+  skipped = (
+    f"; {nonfinite.skipped} of {final_step} steps skipped (non-finite)"
+    if run.on_nonfinite == "skip"
+    else ""
+  )
+  writer.log(
+    f"[{run.learner.name}] final evaluation on {run.num_eval_tasks} held-out tasks "
+    f"({time.time() - t_eval:.1f}s): {fmt_summary(summary)}{skipped}"
+  )
   writer.close()
-  if primary:
-    write_json_atomic(
-      os.path.join(workdir, "eval.json"),
+  if parallel.is_primary():
+    writing.write_json_atomic(
+      os.path.join(run.workdir, "eval.json"),
       {
         "metrics": summary,
         "step": final_step,
-        "num_tasks": num_eval_tasks,
-        "method": learner.name,
-        "nonfinite_steps": skipped,
+        "num_tasks": run.num_eval_tasks,
+        "method": run.learner.name,
+        "nonfinite_steps": nonfinite.skipped,
       },
     )
+    writing.remove_unlogged(run.workdir)
   parallel.sync("metalearn_meta_train_done")
   return TrainResult(state, summary)
-
-
-def restore_theta(
-  workdir: str, learner: core.MetaLearner, optimizer, example: ep.Episode, seed: int = 0
-):
-  """Loads the meta-parameters of the newest checkpoint in `workdir`."""
-  state = core.init_state(learner, optimizer, jax.random.PRNGKey(seed), example)
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
-  restored = _restore_latest(manager, state._asdict(), print, set_aside=False)
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint found under {workdir}/checkpoints")
-  return jax.tree_util.tree_map(jnp.asarray, restored["theta"])
