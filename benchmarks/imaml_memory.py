@@ -82,7 +82,7 @@ MB = 2**20
 
 def make_learner(method: str, inner_steps: int) -> core.MetaLearner:
   common_args = dict(
-    inner_lr=INNER_LR, inner_steps=inner_steps, eval_steps=(0,), objective="cross_entropy"
+    inner_lr=INNER_LR, inner_steps=inner_steps, objective="cross_entropy"
   )
   model = Conv4(ways=WAYS)
   if method == "imaml":

@@ -22,7 +22,7 @@ import optax
 from absl import app, flags
 
 from benchmarks import common
-from metalearn import algorithms, core
+from metalearn import algorithms, core, evaluation
 from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
@@ -45,23 +45,22 @@ _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 def probe(lr, steps, lam, cg_steps, damping, clip=0.0, lam_damping=0.0):
   train, test = Sinusoid(10, 10), Sinusoid(10, 100)
   eval_steps = tuple(sorted({0, 1, 10, steps}))
-  learner = algorithms.imaml(
-    MLP(),
+  kwargs = dict(
     inner_lr=lr,
-    inner_steps=steps,
     lam=lam,
     cg_steps=cg_steps,
     damping=damping,
     lam_damping=lam_damping,
-    inner_clip=clip or None,
+    inner_clip=clip,
     inner_optimizer=optax.adam(lr) if _OPTIMIZER.value == "adam" else None,
-    eval_steps=eval_steps,
   )
+  learner = algorithms.imaml(MLP(), inner_steps=steps, **kwargs)
+  curve = evaluation.curve(algorithms.imaml, eval_steps, MLP(), **kwargs)
   opt = optax.adam(1e-3)
   example = ep.task(train.sample(np.random.default_rng(0), 1), 0)
   state = core.init_state(learner, opt, jax.random.PRNGKey(0), example)
   step = jax.jit(core.make_meta_step(learner, opt))
-  evaluate = jax.jit(core.make_eval_step(learner))
+  evaluate = jax.jit(core.make_eval_step(evaluation.regression(curve)))
   held_out = [test.sample(np.random.default_rng(5), 200)]
   start = time.time()
   nonfinite, trace = 0, []

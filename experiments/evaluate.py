@@ -32,8 +32,8 @@ import time
 import jax
 from absl import app, flags, logging
 
-from experiments import predict, train
-from metalearn import algorithms, core, training
+from experiments import train
+from metalearn import core, training
 from metalearn.data.sampler import EpisodicSampler
 
 MAX_BATCH = 100
@@ -91,7 +91,7 @@ def evaluate(
     FileNotFoundError: the run, its config or its checkpoints are missing.
     ValueError: one line naming the flag for a shape the run cannot take.
   """
-  config = predict.load_config(workdir)
+  config = train.load_config(workdir)
   train_ways, train_shots = config.ways, config.shots
   ways = train_ways if ways is None else ways
   shots = config.shots if shots is None else shots
@@ -106,21 +106,20 @@ def evaluate(
   check("num_tasks", num_tasks, 1)
   batch_size = default_batch_size(ways, queries) if batch_size is None else batch_size
   check("batch_size", batch_size, 1)
-  if config.method not in algorithms.CLASSIFICATION_ONLY and ways != train_ways:
+  if not train.changes_ways(config) and ways != train_ways:
     raise ValueError(
       f"--ways={ways}: the {config.method} run in {workdir} was trained {train_ways}-way and "
-      f"its classifier head has {train_ways} outputs; only metric learners "
-      f"({', '.join(sorted(algorithms.CLASSIFICATION_ONLY))}) change ways"
+      f"its classifier head has {train_ways} outputs; only metric learners (whose factory "
+      "takes ways) change ways"
     )
 
-  theta = predict.load_theta(workdir, config)
+  _, _, theta = train.load_run(workdir)
   config.ways, config.shots, config.eval_queries = ways, shots, queries
-  learner = train.build_learner(config)
   test_sampler = _test_sampler(config)
   batches = training.fixed_batches(
     test_sampler, config.seed, training.TEST_STREAM, num_tasks, min(batch_size, num_tasks)
   )
-  eval_step = jax.jit(core.make_eval_step(learner, strategy=config.strategy))
+  eval_step = jax.jit(core.make_eval_step(train.evaluator(config), strategy=config.strategy))
   start = time.time()
   summary = core.evaluate(eval_step, theta, batches, jax.random.PRNGKey(config.seed + 1))
   summary = train.with_plain_accuracy(config, summary)

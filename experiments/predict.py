@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import json
 import os
 import sys
 from typing import NamedTuple
@@ -82,10 +81,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_dict
 
 from experiments import train
-from metalearn import algorithms, training
 from metalearn import episodes as ep
 from metalearn.data import images as image_utils
 
@@ -93,7 +90,6 @@ IMAGE_SIZE = 28  # the size `experiments.train` loads Omniglot at (load_omniglot
 CSV_NAME = "predictions.csv"
 CSV_HEADER = ("file", "predicted_class", "score", "entropy")
 # Methods whose `predict` outputs are scores in (0, 1) reported as they are (not softmaxed).
-RAW_SCORE_METHODS = frozenset({"relation"})
 
 
 class Support(NamedTuple):
@@ -243,89 +239,29 @@ def check_output_dir(output_dir: str) -> None:
     raise ValueError(f"{where}: {existing} is not writable")
 
 
-def class_probabilities(
-  outputs: np.ndarray, *, raw_scores: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_probabilities(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The class distribution, score and normalised entropy of each query.
 
   Args:
-    outputs: `[m, ways]` what the learner's `predict` gives: logits, or (when
-      `raw_scores`) per-class scores in [0, 1] (Relation Networks).
-    raw_scores: the outputs are scores to report as they are, not logits.
+    outputs: `[m, ways]` logits, what every classifier's adapted predictor
+      gives (Relation Networks: the logarithms of the relation scores, whose
+      softmax is the scores divided by their sum).
 
   Returns:
     `(probabilities [m, ways], scores [m], entropy [m])`: the softmax of the
-    logits, or the scores divided by their sum (uniform where they sum to 0);
-    the score of the arg-max class (its probability, or its raw score); and
-    `-sum(p log p) / log(ways)` in [0, 1] (0 for a one-hot distribution, 1 for
-    the uniform one).
+    logits; the probability of the arg-max class; and `-sum(p log p) /
+    log(ways)` in [0, 1] (0 for a one-hot distribution, 1 for the uniform one).
   """
   outputs = np.asarray(outputs, np.float64)
   ways = outputs.shape[-1]
   best = np.argmax(outputs, axis=-1)
   rows = np.arange(len(best))
-  if raw_scores:
-    positive = np.clip(outputs, 0.0, None)
-    total = positive.sum(axis=-1, keepdims=True)
-    uniform = np.full_like(positive, 1.0 / ways)
-    probs = np.where(total > 0, positive / np.where(total > 0, total, 1.0), uniform)
-    scores = outputs[rows, best]
-  else:
-    probs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    scores = probs[rows, best]
+  probs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+  probs /= probs.sum(axis=-1, keepdims=True)
+  scores = probs[rows, best]
   logs = np.log(np.where(probs > 0, probs, 1.0))  # 0 log 0 = 0
   entropy = -np.sum(probs * logs, axis=-1) / np.log(ways) if ways > 1 else np.zeros(len(best))
   return probs, scores, np.clip(entropy, 0.0, 1.0)
-
-
-def load_config(workdir: str) -> config_dict.ConfigDict:
-  """The run's config from `<workdir>/config.json`, after checking that a checkpoint exists.
-
-  Raises:
-    FileNotFoundError: the workdir, its config.json or its checkpoints are missing.
-    ValueError: config.json is unreadable, or the run is not an image classifier.
-  """
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"--workdir={workdir}: no such folder")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-      f"{path} not found: --workdir must be a run written by experiments.meta_train"
-    )
-  try:
-    with open(path) as f:
-      config = config_dict.ConfigDict(json.load(f))
-  except (OSError, ValueError, TypeError) as e:
-    raise ValueError(f"cannot read {path}: {e}") from e
-  if config.get("task") != "omniglot":
-    raise ValueError(
-      f"{path}: the run's task is {config.get('task')!r}; predict classifies images and "
-      "needs a run with task 'omniglot'"
-    )
-  checkpoints = os.path.join(workdir, "checkpoints")
-  steps = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
-  if not any(s.isdigit() for s in steps):
-    raise FileNotFoundError(
-      f"no checkpoint in {checkpoints}: the run has not saved one yet (train it first)"
-    )
-  return config
-
-
-def load_theta(workdir: str, config: config_dict.ConfigDict):
-  """The meta-parameters of the newest checkpoint of the run (`config` from `load_config`)."""
-  learner = train.build_learner(config)
-  return training.restore_theta(
-    workdir, learner, train.outer_optimizer(config), _example(config.ways), seed=config.seed
-  )
-
-
-def _example(ways: int) -> ep.Episode:
-  """An episode shaped like the run's, for building the state to restore into."""
-  split = ep.make_split(
-    np.zeros((ways, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32), np.arange(ways, dtype=np.int32)
-  )
-  return ep.Episode(split, split)
 
 
 def predict(
@@ -354,12 +290,17 @@ def predict(
   Raises:
     FileNotFoundError, ValueError: one line naming the flag, file or folder.
   """
-  config = load_config(workdir)
+  config = train.load_config(workdir)
+  if config.get("task") != "omniglot":
+    raise ValueError(
+      f"{os.path.join(workdir, 'config.json')}: the run's task is {config.get('task')!r}; "
+      "predict classifies images and needs a run with task 'omniglot'"
+    )
   method, train_ways = config.method, config.ways
   support = load_support(support_dir, invert=invert)
   query_x, files, skipped = load_queries(query_dir, invert=invert)
   ways = len(support.classes)
-  metric = method in algorithms.CLASSIFICATION_ONLY
+  metric = train.changes_ways(config)  # a metric learner: any number of classes
   if metric and ways < 2:
     raise ValueError(
       f"--support_dir={support_dir} has {ways} class folder ({support.classes[0]}); "
@@ -373,14 +314,16 @@ def predict(
     )
   if inner_steps is not None and inner_steps < 0:
     raise ValueError(f"--inner_steps={inner_steps}: must be >= 0")
-  steps = None if metric else (config.eval_inner_steps if inner_steps is None else inner_steps)
+  steps = None
+  if train.has_inner_steps(config):
+    steps = config.eval_inner_steps if inner_steps is None else inner_steps
 
-  theta = load_theta(workdir, config)
+  _, _, theta = train.load_run(workdir)
   config.ways = ways  # metric learners: the same theta, N-way scoring
-  learner = train.build_learner(config)
+  learner = train.build_learner(config, inner_steps=steps)
 
   def classify(theta, support_split, x, key):
-    return learner.predict(learner.adapt(theta, support_split, key, num_steps=steps), x)
+    return learner.adapt(theta, support_split, key)(x)
 
   outputs = jax.jit(classify)(
     theta, ep.make_split(support.x, support.y), query_x, jax.random.PRNGKey(seed)
@@ -388,7 +331,7 @@ def predict(
   outputs = np.asarray(outputs, np.float64)
   if not np.all(np.isfinite(outputs)):
     raise ValueError(f"the {method} run in {workdir} gives non-finite outputs on these images")
-  probs, scores, entropy = class_probabilities(outputs, raw_scores=method in RAW_SCORE_METHODS)
+  probs, scores, entropy = class_probabilities(outputs)
   best = np.argmax(outputs, axis=-1)
   return Prediction(
     method=method,

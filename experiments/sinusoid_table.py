@@ -43,9 +43,9 @@ def main(argv):
   for k in [int(s) for s in _SHOTS.value]:
     for method in _METHODS.value:
       workdir = os.path.join(_ROOT.value, f"{method}_k{k}")
-      config = sinusoid.get_config("smoke" if _SMOKE.value else None)
+      config = sinusoid.get_config(f"{method},smoke" if _SMOKE.value else method)
       with config.unlocked():
-        config.method, config.shots, config.baseline = method, k, False
+        config.shots, config.baseline = k, False
         if not _SMOKE.value:
           config.num_steps = _NUM_STEPS.value
       done = os.path.join(workdir, "eval.json")

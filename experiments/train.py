@@ -1,8 +1,16 @@
-"""`train_and_evaluate(config, workdir)`: a config turned into library calls.
+"""`train_and_evaluate(config, workdir)`, `load_run(workdir)`: a config made into library calls.
 
 Two task families: `sinusoid` (regression, MLP) and `omniglot` (N-way K-shot
-classification, Conv4 or the Relation Network's modules, on the Vinyals or
-Lake split of `metalearn.data.omniglot.load_omniglot`).
+classification on the Vinyals or Lake split of
+`metalearn.data.omniglot.load_omniglot`). A config names its method
+(`config.method`, a key of `metalearn.algorithms.REGISTRY`) and gives the
+method's hyperparameters in `config.learner`, handed as keyword arguments to
+the factory, whose signature holds the defaults (None in the block: the
+default). Nothing here names a method: the network a factory is built on
+follows from its first argument (`model`: the family's network with a head;
+`embedding`: the family's embedding, or the factory's own default network
+when it has one), and the arguments a family gives (`objective`, `ways`) are
+passed where the factory takes them.
 
 The binary (`experiments/meta_train.py`) and notebooks call this; nothing under
 `metalearn/` sees a config object. Validation happens here first, so a bad
@@ -11,6 +19,7 @@ flag fails in one line before anything is compiled or written.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -19,67 +28,155 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from metalearn import algorithms, parallel, plotting, training
+from metalearn import algorithms, core, evaluation, parallel, plotting, training
+from metalearn import episodes as ep
 from metalearn.data import omniglot
 from metalearn.data.omniglot import load_omniglot
 from metalearn.data.sampler import EpisodicSampler
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP, Conv4
 
-# Inner steps during meta-training when the config leaves `inner_steps` unset.
-DEFAULT_INNER_STEPS = {"reptile": 5, "pretrain": 10, "imaml": 10}
-# Fields that define a run: resuming a workdir with other values is refused.
-IDENTITY_FIELDS = (
-  "task",
-  "method",
-  "seed",
-  "shots",
-  "queries",
-  "meta_batch_size",
-  "hidden",
-  "outer_lr",
-  "inner_lr",
-  "inner_steps",
-  "remat",
-  "strategy",
-  "ways",
-  "split_protocol",
-  "outer_lr_halve_every",
-)
-# iMAML's own fields, part of an iMAML run's identity (other methods ignore them).
-IMAML_IDENTITY_FIELDS = (
-  "imaml_lam",
-  "imaml_cg_steps",
-  "imaml_solver",
-  "imaml_damping",
-  "imaml_lam_damping",
-  "imaml_inner_clip",
-)
-# Identity fields whose 0 means "off", which is what runs from before the field
-# existed used: 0 and a missing field compare equal.
-ZERO_IS_OFF = ("outer_lr_halve_every", "imaml_damping", "imaml_lam_damping", "imaml_inner_clip")
 TASKS = ("sinusoid", "omniglot")
-# The MAML-family learners that take `remat`.
-REMAT_METHODS = ("maml", "fomaml", "metasgd", "anil", "metacurvature")
+IMAGE_SIZE = 28  # the size Omniglot is loaded at (load_omniglot's default)
+OBJECTIVES = {"sinusoid": "mse", "omniglot": "cross_entropy"}
+# Fields that do not change what a run computes (how long, how often it logs or
+# evaluates, where its data lie, how fast it runs): resuming with other values is
+# allowed. Every other field (and the whole learner block, defaults resolved) is
+# the run's identity.
+NOT_IDENTITY = frozenset(
+  {
+    "num_steps",
+    "eval_every",
+    "checkpoint_every",
+    "log_every",
+    "eval_queries",
+    "eval_steps",
+    "eval_inner_steps",
+    "eval_batch_size",
+    "num_val_tasks",
+    "num_eval_tasks",
+    "steps_per_call",
+    "host_cores",
+    "num_devices",
+    "data_dir",
+    "zip_dir",
+    "baseline",
+  }
+)
+# Identity fields whose 0 means "off", which is what runs from before the field existed used.
+ZERO_IS_OFF = ("outer_lr_halve_every",)
+
+
+def _bad(field: str, value, why: str):
+  raise ValueError(f"--config.{field}={value!r}: {why}")
+
+
+def _factory(method: str):
+  if method not in algorithms.REGISTRY:
+    _bad("method", method, f"unknown method; choose one of {', '.join(algorithms.REGISTRY)}")
+  return algorithms.REGISTRY[method]
+
+
+def learner_kwargs(config, *, verbose: bool = False) -> dict:
+  """The keyword arguments `config.learner` gives the method's factory (None: left out).
+
+  A set value of a hyperparameter the method does not have (a block written
+  for another method, e.g. after `--config.method=...`) is dropped with a note.
+  """
+  accepted = algorithms.hyperparameters(config.method)
+  kwargs = {}
+  for name, value in config.learner.items():
+    if value is None:
+      continue
+    if name not in accepted:
+      if verbose:
+        print(
+          f"note: --config.learner.{name}={value!r} is not a hyperparameter of "
+          f"{config.method} ({', '.join(accepted) or 'it has none'}); ignored",
+          flush=True,
+        )
+      continue
+    kwargs[name] = value
+  return kwargs
+
+
+def _model(config, factory):
+  """The network the factory is built on, from its first argument's name."""
+  first = next(iter(inspect.signature(factory).parameters.values()))
+  if first.name == "model":
+    if config.task == "omniglot":
+      return Conv4(ways=config.ways)
+    return MLP(hidden=tuple(config.hidden), out=1)
+  if config.task != "omniglot":
+    regression = [
+      m for m, f in algorithms.REGISTRY.items() if "model" in inspect.signature(f).parameters
+    ]
+    _bad(
+      "method",
+      config.method,
+      f"learns an embedding for classification; sinusoid takes one of {', '.join(regression)}",
+    )
+  return None if first.default is None else Conv4(ways=None)
+
+
+def build_learner(config, *, inner_steps: int | None = None, verbose: bool = False):
+  """The learner `config.method` with `config.learner`'s hyperparameters (and `inner_steps`).
+
+  Raises:
+    ValueError: one line naming the field, for an unknown method or a value
+      the factory refuses (each hyperparameter is checked by its factory).
+  """
+  factory = _factory(config.method)
+  params = inspect.signature(factory).parameters
+  kwargs = learner_kwargs(config, verbose=verbose)
+  if inner_steps is not None and "inner_steps" in params:
+    kwargs["inner_steps"] = inner_steps
+  task_args = {"objective": OBJECTIVES[config.task], "ways": config.get("ways")}
+  kwargs.update({k: v for k, v in task_args.items() if k in params})
+  model = _model(config, factory)
+  try:
+    return factory(model, **kwargs) if model is not None else factory(**kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"--config.learner ({config.method}): {e}") from None
+
+
+def has_inner_steps(config) -> bool:
+  """Whether the config's method adapts by inner steps (its factory takes `inner_steps`)."""
+  return "inner_steps" in inspect.signature(_factory(config.method)).parameters
+
+
+def changes_ways(config) -> bool:
+  """Whether the config's learner scores any number of classes (its factory takes `ways`).
+
+  A metric learner's theta is an embedding, whatever the episode's ways; a
+  learner built on a model with a classifier head (`ways` outputs) is not.
+  """
+  return "ways" in inspect.signature(_factory(config.method)).parameters
+
+
+def eval_steps(config) -> tuple[int, ...]:
+  """Inner step counts reported by evaluation: the config's, or omniglot's (0, 1, eval steps)."""
+  if config.task == "omniglot":
+    return tuple(sorted({0, 1, config.eval_inner_steps}))
+  return tuple(config.eval_steps)
+
+
+def curve_learners(config):
+  """`{k: learner with k inner steps}` for `eval_steps(config)`; one learner if it has none."""
+  if not has_inner_steps(config):
+    return build_learner(config)
+  return {k: build_learner(config, inner_steps=k) for k in eval_steps(config)}
+
+
+def evaluator(config) -> core.EvaluateFn:
+  """The task family's evaluator of the config's learner (with its adaptation curve)."""
+  return evaluation.supervised(curve_learners(config), OBJECTIVES[config.task])
 
 
 def validate(config: config_dict.ConfigDict, workdir: str) -> None:
   """Raises ValueError naming the flag for any bad value; touches nothing on disk."""
-
-  def bad(field, why):
-    raise ValueError(f"--config.{field}={config[field]!r}: {why}")
-
   if config.task not in TASKS:
-    bad("task", f"unknown task; choose one of {', '.join(TASKS)}")
-  if config.task == "omniglot":
-    if config.method not in algorithms.REGISTRY:
-      bad("method", f"unknown method; choose one of {', '.join(algorithms.REGISTRY)}")
-  else:
-    regression = [m for m in algorithms.REGISTRY if m not in algorithms.CLASSIFICATION_ONLY]
-    if config.method in algorithms.CLASSIFICATION_ONLY:
-      bad("method", f"is a classification method; sinusoid takes one of {', '.join(regression)}")
-    if config.method not in algorithms.REGISTRY:
-      bad("method", f"unknown method; choose one of {', '.join(regression)}")
+    _bad("task", config.task, f"unknown task; choose one of {', '.join(TASKS)}")
   for field in (
     "shots",
     "queries",
@@ -90,58 +187,63 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
     "log_every",
   ):
     if not isinstance(config[field], int) or config[field] <= 0:
-      bad(field, "must be a positive integer")
+      _bad(field, config[field], "must be a positive integer")
   for field in ("num_steps", "eval_every", "checkpoint_every"):
     if not isinstance(config[field], int) or config[field] < 0:
-      bad(field, "must be an integer >= 0")
-  for field in ("outer_lr", "inner_lr"):
-    if not config[field] > 0:
-      bad(field, "learning rates must be > 0")
+      _bad(field, config[field], "must be an integer >= 0")
+  if not config.outer_lr > 0:
+    _bad("outer_lr", config.outer_lr, "learning rates must be > 0")
   per_call = config.get("steps_per_call", 1)
   if not isinstance(per_call, int) or per_call <= 0:
-    bad("steps_per_call", "must be a positive integer (meta-steps per compiled call)")
+    _bad("steps_per_call", per_call, "must be a positive integer (meta-steps per compiled call)")
   host_cores = config.get("host_cores", 0)
   if not isinstance(host_cores, int) or host_cores < 0:
-    bad("host_cores", "must be an integer >= 0 (cores kept for the Python thread; 0: none)")
+    _bad("host_cores", host_cores, "must be an integer >= 0 (cores kept for the Python thread)")
   halve = config.get("outer_lr_halve_every", 0)
   if not isinstance(halve, int) or halve < 0:
-    bad("outer_lr_halve_every", "must be an integer >= 0 (0: constant learning rate)")
-  if config.inner_steps is not None and config.inner_steps < 0:
-    bad("inner_steps", "must be >= 0")
+    _bad("outer_lr_halve_every", halve, "must be an integer >= 0 (0: constant learning rate)")
   if config.task == "omniglot":
     if not isinstance(config.ways, int) or config.ways < 2:
-      bad("ways", "must be an integer >= 2 (classes per episode)")
+      _bad("ways", config.ways, "must be an integer >= 2 (classes per episode)")
     if not isinstance(config.eval_inner_steps, int) or config.eval_inner_steps < 0:
-      bad("eval_inner_steps", "must be an integer >= 0")
+      _bad("eval_inner_steps", config.eval_inner_steps, "must be an integer >= 0")
     if config.split_protocol not in omniglot.PROTOCOLS:
-      bad("split_protocol", f"choose one of {', '.join(omniglot.PROTOCOLS)}")
+      _bad(
+        "split_protocol", config.split_protocol, f"choose one of {', '.join(omniglot.PROTOCOLS)}"
+      )
     for field in ("queries", "eval_queries"):
       if config.shots + config[field] > omniglot.NUM_DRAWINGS:
-        bad(
+        _bad(
           field,
+          config[field],
           f"--config.shots + --config.{field} = {config.shots + config[field]} exceeds the "
           f"{omniglot.NUM_DRAWINGS} drawings of each Omniglot character",
         )
   elif not config.eval_steps or min(config.eval_steps) < 0:
-    bad("eval_steps", "must be a non-empty list of step counts >= 0")
-  if config.method == "imaml":
-    if not config.imaml_lam > 0:
-      bad("imaml_lam", "the proximal strength lambda must be > 0")
-    if config.imaml_cg_steps < 1:
-      bad("imaml_cg_steps", "must be >= 1")
-    if not config.get("imaml_damping", 0.0) >= 0:
-      bad("imaml_damping", "must be >= 0")
-    if not config.get("imaml_lam_damping", 0.0) >= 0:
-      bad("imaml_lam_damping", "must be >= 0")
-    if not config.get("imaml_inner_clip", 0.0) >= 0:
-      bad("imaml_inner_clip", "must be >= 0 (0: no clipping)")
+    _bad("eval_steps", config.eval_steps, "must be a non-empty list of step counts >= 0")
+  core.check_strategy(config.strategy, field="--config.strategy")
+  if config.on_nonfinite not in ("raise", "skip"):
+    _bad("on_nonfinite", config.on_nonfinite, "choose raise or skip")
+  if not isinstance(config.seed, int) or config.seed < 0:
+    _bad("seed", config.seed, "must be an integer >= 0")
+  if config.task == "sinusoid" and (not config.hidden or min(config.hidden) < 1):
+    _bad("hidden", config.hidden, "must be a non-empty list of layer widths >= 1")
+  build_learner(config)  # checks the method and every hyperparameter, where each is used
+  _validate_devices(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir}: exists and is not a directory")
+  check_resume(config, workdir)
+
+
+def _validate_devices(config) -> None:
   for field in ("num_devices", "sample_shards"):
     if not isinstance(config[field], int) or config[field] < 0:
-      bad(field, "must be an integer >= 0 (0: the default)")
+      _bad(field, config[field], "must be an integer >= 0 (0: the default)")
   available, processes = jax.device_count(), jax.process_count()
   if config.num_devices > available or (processes > 1 and config.num_devices not in (0, available)):
-    bad(
+    _bad(
       "num_devices",
+      config.num_devices,
       f"this job has {available} {jax.devices()[0].platform} device(s) in {processes} "
       f"process(es); use 0 for all of them{'' if processes > 1 else f' or 1..{available}'}",
     )
@@ -150,95 +252,96 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
     fits = max(d for d in range(1, devices + 1) if config.meta_batch_size % d == 0)
     multiple = -(-config.meta_batch_size // devices) * devices
     fewer = f"; or use fewer devices (e.g. --config.num_devices={fits})" if processes == 1 else ""
-    bad(
+    _bad(
       "meta_batch_size",
+      config.meta_batch_size,
       f"the meta-batch is sharded over {devices} {jax.devices()[0].platform} devices and "
       f"must be a multiple of {devices} (e.g. --config.meta_batch_size={multiple}){fewer}",
     )
   pieces = config.sample_shards or processes
   if pieces % processes or config.meta_batch_size % pieces:
-    bad(
+    _bad(
       "sample_shards",
+      config.sample_shards,
       f"must be a multiple of the {processes} processes and divide "
       f"--config.meta_batch_size={config.meta_batch_size}",
     )
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir={workdir}: exists and is not a directory")
-  saved = os.path.join(workdir, "config.json")
-  if os.path.exists(saved):
-    with open(saved) as f:
-      previous = json.load(f)
-    mine = _identity(config)
-    diff = [k for k in mine if _normal(k, previous.get(k)) != mine[k]]
-    if diff:
-      raise ValueError(
-        f"--workdir={workdir} holds a run with other settings "
-        f"({', '.join(f'{k}={previous.get(k)!r}' for k in diff)}); "
-        "use a new --workdir to start a different run"
-      )
 
 
-def _normal(field: str, value):
-  """`value` as the identity compares it: None for 0 (off) in a `ZERO_IS_OFF` field."""
-  return (value or None) if field in ZERO_IS_OFF else value
+def identity(config) -> dict:
+  """What defines a run: every field but `NOT_IDENTITY`, the learner block with defaults filled.
 
-
-def _identity(config) -> dict:
-  """The identity fields; those a task does not have (e.g. omniglot's `hidden`) are None.
-
-  An iMAML run's identity also holds its `imaml_*` fields: resuming it with
-  another lambda or linear system would silently change the meta-gradient.
+  Resuming a workdir with another value of any of these is refused: it would
+  change the computation or the data stream of the steps still to come.
   """
-  fields = IDENTITY_FIELDS + (IMAML_IDENTITY_FIELDS if config.method == "imaml" else ())
-  d = {k: _normal(k, config.get(k)) for k in fields}
-  if d["hidden"] is not None:
-    d["hidden"] = list(d["hidden"])
-  return d
+  plain = json.loads(config.to_json())
+  out = {k: v for k, v in plain.items() if k not in NOT_IDENTITY and k != "learner"}
+  for k in ZERO_IS_OFF:
+    out[k] = out.get(k) or None
+  if out.get("hidden") is not None:
+    out["hidden"] = list(out["hidden"])
+  out["learner"] = {**algorithms.hyperparameters(config.method), **learner_kwargs(config)}
+  return out
 
 
-def eval_steps(config) -> tuple[int, ...]:
-  """Inner step counts reported by evaluation: the config's, or omniglot's (0, 1, eval steps)."""
-  if config.task == "omniglot":
-    return tuple(sorted({0, 1, config.eval_inner_steps}))
-  return tuple(config.eval_steps)
+def upgrade_legacy(saved: dict) -> dict:
+  """A `config.json` written before learner blocks, in today's layout; others as they are.
 
-
-def build_learner(config, method: str | None = None):
-  """The learner named by `config.method` (or `method`) with the config's settings.
-
-  Sinusoid: an MLP regressor. Omniglot: ProtoNets / Matching Networks over a
-  `Conv4(ways=None)` embedding, Relation Networks with their default modules,
-  and the gradient-based methods over `Conv4(ways=config.ways)` with a
-  cross-entropy objective.
+  Such files hold the hyperparameters at the top level: `inner_lr`,
+  `inner_steps` (null: the method's default), `remat`, and iMAML's
+  `imaml_<name>`; they move into `learner` under the factory's names (0 as
+  iMAML's clipping meant off, as it does now).
   """
-  method = method or config.method
-  if method in algorithms.CLASSIFICATION_ONLY:
-    if method == "relation":
-      return algorithms.relation(ways=config.ways)
-    return algorithms.get(method)(Conv4(ways=None), ways=config.ways)
-  steps = config.inner_steps
-  if steps is None:
-    steps = DEFAULT_INNER_STEPS.get(method, 1)
-  classify = config.task == "omniglot"
-  kwargs = dict(
-    inner_lr=config.inner_lr,
-    inner_steps=steps,
-    eval_steps=eval_steps(config),
-    objective="cross_entropy" if classify else "mse",
-  )
-  if method in REMAT_METHODS:
-    kwargs["remat"] = config.remat
-  if method == "imaml":
-    kwargs.update(
-      lam=config.imaml_lam,
-      cg_steps=config.imaml_cg_steps,
-      solver=config.imaml_solver,
-      damping=config.get("imaml_damping", 0.0),
-      lam_damping=config.get("imaml_lam_damping", 0.0),
-      inner_clip=config.get("imaml_inner_clip", 0.0) or None,
+  if "learner" in saved:
+    return saved
+  saved = dict(saved)
+  learner = {}
+  for name in ("inner_lr", "inner_steps", "remat"):
+    if name in saved:
+      learner[name] = saved.pop(name)
+  for name in [k for k in saved if k.startswith("imaml_")]:
+    learner[name[len("imaml_") :]] = saved.pop(name)
+  known = saved.get("method") in algorithms.REGISTRY
+  accepted = algorithms.hyperparameters(saved["method"]) if known else {}
+  saved["learner"] = {k: v for k, v in learner.items() if k in accepted and v is not None}
+  return saved
+
+
+def check_resume(config, workdir: str) -> None:
+  """Refuses a workdir holding a run with another identity, naming each field that differs."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = upgrade_legacy(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"--workdir={workdir}: cannot read its config.json ({e})") from None
+  mine = identity(config)
+  previous = {k: v for k, v in saved.items() if k not in NOT_IDENTITY}
+  if previous.get("method") in algorithms.REGISTRY:
+    previous["learner"] = {
+      **algorithms.hyperparameters(previous["method"]),
+      **(previous.get("learner") or {}),
+    }
+  for k in ZERO_IS_OFF:
+    previous[k] = previous.get(k) or None
+  diff = []
+  for k, v in mine.items():
+    if k not in previous:
+      continue  # a field older runs did not record: they ran with its default
+    if k == "learner" and isinstance(previous[k], dict):
+      theirs = previous[k]
+      diff += [
+        f"learner.{n}={theirs.get(n)!r} (now {w!r})" for n, w in v.items() if theirs.get(n) != w
+      ]
+    elif previous[k] != v:
+      diff.append(f"{k}={previous[k]!r} (now {v!r})")
+  if diff:
+    raise ValueError(
+      f"--workdir={workdir} holds a run with other settings ({', '.join(diff)}); "
+      "use a new --workdir to start a different run"
     )
-  model = Conv4(ways=config.ways) if classify else MLP(hidden=tuple(config.hidden), out=1)
-  return algorithms.get(method)(model, **kwargs)
 
 
 def sinusoid_samplers(config):
@@ -300,28 +403,24 @@ def outer_learning_rate(config) -> float | optax.Schedule:
 
 
 def outer_optimizer(config) -> optax.GradientTransformation:
-  """The meta-optimizer of a run: Adam at `outer_learning_rate(config)`.
-
-  Restoring a checkpoint needs the same optimizer (its state's structure), so
-  evaluation and prediction build it here too.
-  """
+  """The meta-optimizer of a run: Adam at `outer_learning_rate(config)`."""
   return optax.adam(outer_learning_rate(config))
 
 
-def build_task(config, method: str | None = None, *, verbose: bool = True):
-  """`(train sampler, validation sampler, test sampler, learner)` for `config.task`."""
+def samplers(config, *, verbose: bool = True):
+  """`(train sampler, validation sampler, test sampler)` for `config.task`."""
   if config.task == "omniglot":
-    samplers = omniglot_samplers(config, verbose=verbose)
-  else:
-    samplers = sinusoid_samplers(config)
-  return (*samplers, build_learner(config, method))
+    return omniglot_samplers(config, verbose=verbose)
+  return sinusoid_samplers(config)
 
 
-def _train(config, workdir, method, *, verbose=True):
-  train_sampler, val_sampler, test_sampler, learner = build_task(config, method, verbose=verbose)
+def _train(config, workdir, *, verbose=True):
+  train_sampler, val_sampler, test_sampler = samplers(config, verbose=verbose)
+  learner = build_learner(config, verbose=verbose)
   result = training.meta_train(
     learner,
     train_sampler,
+    evaluate=evaluator(config),
     optimizer=outer_optimizer(config),
     num_steps=config.num_steps,
     meta_batch_size=config.meta_batch_size,
@@ -342,7 +441,18 @@ def _train(config, workdir, method, *, verbose=True):
     sample_shards=config.sample_shards or None,
     steps_per_call=config.get("steps_per_call", 1),
   )
-  return learner, result
+  return result
+
+
+def baseline_config(config) -> config_dict.ConfigDict:
+  """The config of the pretrained transfer baseline with the same budget (sinusoid's figure)."""
+  base = config_dict.ConfigDict(json.loads(config.to_json()))
+  base.method = "pretrain"
+  wanted = algorithms.hyperparameters("pretrain")
+  base.learner = config_dict.ConfigDict(
+    {k: v for k, v in config.learner.items() if k in wanted and k != "inner_steps"}
+  )
+  return base
 
 
 def sinusoid_figure(config, path, runs) -> None:
@@ -355,8 +465,8 @@ def sinusoid_figure(config, path, runs) -> None:
   x = np.linspace(-5, 5, 200, dtype=np.float32)[:, None]
   curves = {}
   key = jax.random.PRNGKey(0)
-  for label, (learner, theta, steps) in runs.items():
-    preds = plotting.adaptation_predictions(learner, theta, support, x, steps, key)
+  for label, (learners, theta) in runs.items():
+    preds = plotting.adaptation_predictions(learners, theta, support, x, key)
     for k, y in preds.items():
       curves[f"{label}, {k} step{'s' if k != 1 else ''}"] = y
   plotting.plot_sinusoid(
@@ -396,6 +506,13 @@ def add_plain_accuracy(config, workdir: str, summary: dict) -> dict:
   return summary
 
 
+def write_config(config, workdir: str) -> None:
+  """Writes `<workdir>/config.json`: the config, its learner block with defaults filled."""
+  record = json.loads(config.to_json())
+  record["learner"] = identity(config)["learner"]
+  training.write_json_atomic(os.path.join(workdir, "config.json"), record)
+
+
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
   """Meta-trains `config.method`, evaluates it, draws the figure; returns the eval summary.
 
@@ -410,27 +527,84 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
   validate(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_primary():
-    training.write_json_atomic(
-      os.path.join(workdir, "config.json"), {**json.loads(config.to_json()), **_identity(config)}
-    )
-  learner, result = _train(config, workdir, config.method)
+    write_config(config, workdir)
+  result = _train(config, workdir)
   if config.task == "omniglot":
     summary = add_plain_accuracy(config, workdir, result.eval_summary)
     if parallel.is_primary():
       print(f"wrote {os.path.join(workdir, 'eval.json')}", flush=True)
     return summary
-  runs = {
-    config.method.upper() if config.method != "pretrain" else "pretrained": (
-      learner,
-      parallel.fetch(result.state.theta),
-      (0, 1, 10),
-    )
-  }
+  plot_steps = (0, 1, 10)
+  label = config.method.upper() if config.method != "pretrain" else "pretrained"
+  theta = parallel.fetch(result.state.theta)
+  runs = {label: ({k: build_learner(config, inner_steps=k) for k in plot_steps}, theta)}
   if config.baseline and config.method != "pretrain":
-    base_learner, base = _train(config, os.path.join(workdir, "baseline"), "pretrain")
-    runs["pretrained"] = (base_learner, parallel.fetch(base.state.theta), (0, 10))
+    base = baseline_config(config)
+    base_result = _train(base, os.path.join(workdir, "baseline"))
+    learners = {k: build_learner(base, inner_steps=k) for k in (0, 10)}
+    runs["pretrained"] = (learners, parallel.fetch(base_result.state.theta))
   if parallel.is_primary():
     path = os.path.join(workdir, "sinusoid.png")
     sinusoid_figure(config, path, runs)
     print(f"wrote {os.path.join(workdir, 'eval.json')} and {path}", flush=True)
   return result.eval_summary
+
+
+def example_task(config) -> ep.Episode:
+  """One task shaped like the run's (all zeros), to build theta's structure from."""
+  if config.task == "omniglot":
+    size = IMAGE_SIZE
+    split = ep.make_split(
+      np.zeros((config.ways, size, size, 1), np.float32), np.arange(config.ways, dtype=np.int32)
+    )
+    return ep.Episode(split, split)
+  return core.task(Sinusoid(shots=config.shots, queries=1).sample(np.random.default_rng(0), 1), 0)
+
+
+def load_config(workdir: str) -> config_dict.ConfigDict:
+  """The config of the run in `workdir` (its `config.json`, older layouts upgraded).
+
+  Raises:
+    FileNotFoundError: the workdir or its config.json is missing.
+    ValueError: config.json is unreadable or names an unknown method.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir={workdir}: no such folder")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f"{path} not found: --workdir must be a run written by experiments.meta_train"
+    )
+  try:
+    with open(path) as f:
+      saved = upgrade_legacy(json.load(f))
+    config = config_dict.ConfigDict(saved)
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from e
+  if config.get("method") not in algorithms.REGISTRY:
+    raise ValueError(f"{path}: unknown method {config.get('method')!r}")
+  return config
+
+
+def load_run(workdir: str):
+  """`(config, learner, theta)` of a trained run, for prediction, evaluation and notebooks.
+
+  theta is read from the newest checkpoint that reads back whole; the outer
+  optimizer is not rebuilt.
+
+  Raises:
+    FileNotFoundError: the workdir, its config.json or its checkpoints are missing.
+    ValueError: config.json is unreadable.
+  """
+  config = load_config(workdir)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  steps = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+  if not any(s.isdigit() for s in steps):
+    raise FileNotFoundError(
+      f"no checkpoint in {checkpoints}: the run has not saved one yet (train it first)"
+    )
+  learner = build_learner(config)
+  theta = training.restore_theta(
+    workdir, learner, outer_optimizer(config), example_task(config), seed=config.seed
+  )
+  return config, learner, theta

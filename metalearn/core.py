@@ -19,42 +19,81 @@ import numpy as np
 import optax
 
 from metalearn import _jaxpr
-from metalearn import episodes as ep
 from metalearn.types import MetaParams, Metrics, PRNGKey, TaskParams
 
-InitFn = Callable[[PRNGKey, ep.Episode], MetaParams]
-AdaptFn = Callable[..., TaskParams]  # (theta, support, key, num_steps=None) -> task params
-MetaLossFn = Callable[[MetaParams, ep.Episode, PRNGKey], tuple[jax.Array, Metrics]]
-PredictFn = Callable[[TaskParams, jax.Array], jax.Array]
-EvaluateFn = Callable[[MetaParams, ep.Episode, PRNGKey], Metrics]
-MetaGradFn = Callable[[MetaParams, ep.Episode, PRNGKey], tuple[MetaParams, Metrics]]
+Task = Any  # one task: any PyTree (a supervised `Episode`, environment parameters, a dict)
+InitFn = Callable[[PRNGKey, Task], MetaParams]
+AdaptFn = Callable[[MetaParams, Any, PRNGKey], TaskParams]  # (theta, task data, key)
+MetaLossFn = Callable[[MetaParams, Task, PRNGKey], tuple[jax.Array, Metrics]]
+MetaGradFn = Callable[[MetaParams, Task, PRNGKey], tuple[MetaParams, Metrics]]
+EvaluateFn = Callable[[MetaParams, Task, PRNGKey], Metrics]  # one task -> scalar metrics
 
 
 class MetaLearner(NamedTuple):
-  """A meta-learning algorithm as pure functions of ONE task.
+  """A meta-learning algorithm as three pure functions of ONE task.
+
+  A task is any PyTree: a supervised `Episode` (support and query splits), an
+  environment's parameters, a context and target set. Nothing here batches
+  over tasks (`make_meta_step` does).
 
   Attributes:
-    init: `(key, episode) -> theta`, the meta-parameters.
-    adapt: `(theta, support, key, num_steps=None) -> task_params`. `num_steps`
-      overrides the number of inner steps where the method has any (a static
-      Python int); methods without inner steps ignore it.
-    meta_loss: `(theta, episode, key) -> (loss, metrics)`; `jax.grad` of it is
+    init: `(key, task) -> theta`, everything the outer loop learns.
+    adapt: `(theta, task_data, key) -> task_params`: the inner loop or
+      inference on what a task gives to adapt on (a supervised task's support
+      split). `task_params` is whatever the method needs; the supervised
+      learners return a `Predictor`, a callable PyTree `x [n, ...] -> [n, d]`
+      (adapted weights, prototypes), which the task family's evaluator scores
+      (`metalearn.evaluation`). Randomness (posterior samples) comes from `key`.
+    meta_loss: `(theta, task, key) -> (loss, metrics)`; `jax.grad` of it is
       the meta-gradient unless `meta_grad` is given.
-    predict: `(task_params, x [n, ...]) -> outputs [n, d]`.
-    evaluate: `(theta, episode, key) -> metrics`, scalars named `name@k` for the
-      query metric after k inner steps (e.g. `mse@10`).
-    meta_grad: optional `(theta, episode, key) -> (grad_like_theta, metrics)`
-      for estimators that are not the gradient of `meta_loss` (Reptile).
+    meta_grad: optional `(theta, task, key) -> (grad_like_theta, metrics)`
+      for estimators that are not the gradient of `meta_loss` (Reptile, ES).
     name: a short name for logs.
   """
 
   init: InitFn
   adapt: AdaptFn
   meta_loss: MetaLossFn
-  predict: PredictFn
-  evaluate: EvaluateFn
   meta_grad: MetaGradFn | None = None
   name: str = ""
+
+
+def predictor(fn: Callable[..., jax.Array], *params: Any) -> jax.tree_util.Partial:
+  """`fn` with its leading arguments `params` bound, as a PyTree (`jax.tree_util.Partial`).
+
+  The bound arrays are the PyTree's leaves and `fn` is static, so a predictor
+  can be returned from `jit`, batched by `vmap` and stored like any weights;
+  calling it, `predictor(fn, phi)(x)`, is `fn(phi, x)`.
+  """
+  return jax.tree_util.Partial(fn, *params)
+
+
+def num_tasks(batch: Any) -> int:
+  """Size of the leading task axis of a batch of tasks, any PyTree of arrays `[T, ...]`.
+
+  Raises:
+    ValueError: when the batch has no arrays, or its leaves disagree on the
+      leading axis (the message names the first leaf that differs).
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(batch)
+  if not leaves:
+    raise ValueError("a batch of tasks must hold at least one array with a leading task axis")
+  sizes = [(jax.tree_util.keystr(path), np.shape(x)) for path, x in leaves]
+  first_name, first = sizes[0]
+  if not first:
+    raise ValueError(f"batch{first_name} is a scalar; a batch of tasks has a leading task axis")
+  for name, shape in sizes[1:]:
+    if not shape or shape[0] != first[0]:
+      raise ValueError(
+        f"the batch's leaves disagree on the number of tasks: batch{first_name} has shape "
+        f"{first}, batch{name} has shape {shape}"
+      )
+  return int(first[0])
+
+
+def task(batch: Any, i: int) -> Any:
+  """Task `i` of a batch of tasks (any PyTree with a leading task axis)."""
+  return jax.tree_util.tree_map(lambda a: a[i], batch)
 
 
 class MetaTrainState(NamedTuple):
@@ -69,16 +108,17 @@ class MetaTrainState(NamedTuple):
 STRATEGIES = ("auto", "vmap", "map", "unroll", "chunk:N", "unroll:N")
 
 
-def _check_strategy(strategy: str) -> None:
-  if strategy in ("auto", "vmap", "map", "unroll"):
+def check_strategy(strategy: str, *, field: str = "strategy") -> None:
+  """Raises ValueError naming `field` unless `strategy` is one of `STRATEGIES`."""
+  if isinstance(strategy, str) and strategy in ("auto", "vmap", "map", "unroll"):
     return
-  kind, _, n = strategy.partition(":")
+  kind, _, n = strategy.partition(":") if isinstance(strategy, str) else ("", "", "")
   if kind in ("chunk", "unroll") and n.isdigit() and int(n) > 0:
     return
-  raise ValueError(f"strategy must be one of {STRATEGIES} (N > 0), got {strategy!r}")
+  raise ValueError(f"{field} must be one of {', '.join(STRATEGIES)} (N > 0), got {strategy!r}")
 
 
-def auto_strategy(fn: Callable[..., Any], theta: Any, episodes: ep.Episode, keys: jax.Array) -> str:
+def auto_strategy(fn: Callable[..., Any], theta: Any, tasks: Task, keys: jax.Array) -> str:
   """The strategy `auto` picks for `fn` over this batch, by backend and by what `fn` computes.
 
   On GPU and TPU: `vmap`. On a CPU: `vmap`, unless one task's computation
@@ -92,19 +132,19 @@ def auto_strategy(fn: Callable[..., Any], theta: Any, episodes: ep.Episode, keys
   Args:
     fn: `(theta, episode, key) -> outputs` for one task.
     theta: meta-parameters (arrays or tracers; only shapes are used).
-    episodes: the batch `[T, ...]`.
+    tasks: the batch `[T, ...]`.
     keys: `[T]` keys.
   """
   if jax.default_backend() != "cpu":
     return "vmap"
-  one_task = (theta, ep.task(episodes, 0), keys[0])
+  one_task = (theta, task(tasks, 0), keys[0])
   if not _jaxpr.uses_primitive(fn, one_task, ("conv_general_dilated",)):
     return "vmap"
   return "map"
 
 
-def _unrolled(fn, theta, episodes, keys):
-  outs = [fn(theta, ep.task(episodes, i), keys[i]) for i in range(keys.shape[0])]
+def _unrolled(fn, theta, tasks, keys):
+  outs = [fn(theta, task(tasks, i), keys[i]) for i in range(keys.shape[0])]
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
 
 
@@ -122,25 +162,25 @@ def batch_over_tasks(fn: Callable[..., Any], strategy: str = "auto") -> Callable
       `lax.map` over the chunks).
 
   Returns:
-    `(theta, episodes [T, ...], keys [T, 2]) -> outputs stacked on a leading T axis`.
+    `(theta, tasks [T, ...], keys [T, 2]) -> outputs stacked on a leading T axis`.
   """
-  _check_strategy(strategy)
+  check_strategy(strategy)
 
-  def batched(theta, episodes, keys):
-    chosen = auto_strategy(fn, theta, episodes, keys) if strategy == "auto" else strategy
-    return _batched(fn, chosen, theta, episodes, keys)
+  def batched(theta, tasks, keys):
+    chosen = auto_strategy(fn, theta, tasks, keys) if strategy == "auto" else strategy
+    return _batched(fn, chosen, theta, tasks, keys)
 
   return batched
 
 
-def _batched(fn, strategy, theta, episodes, keys):
+def _batched(fn, strategy, theta, tasks, keys):
   """Applies `fn` over the task axis with a resolved (non-`auto`) strategy."""
   if strategy == "vmap":
-    return jax.vmap(fn, in_axes=(None, 0, 0))(theta, episodes, keys)
+    return jax.vmap(fn, in_axes=(None, 0, 0))(theta, tasks, keys)
   if strategy == "map":
-    return jax.lax.map(lambda a: fn(theta, *a), (episodes, keys))
+    return jax.lax.map(lambda a: fn(theta, *a), (tasks, keys))
   if strategy == "unroll":
-    return _unrolled(fn, theta, episodes, keys)
+    return _unrolled(fn, theta, tasks, keys)
   t = keys.shape[0]
   kind, _, n = strategy.partition(":")
   n = int(n)
@@ -149,13 +189,13 @@ def _batched(fn, strategy, theta, episodes, keys):
   group = (
     jax.vmap(fn, in_axes=(None, 0, 0)) if kind == "chunk" else functools.partial(_unrolled, fn)
   )
-  chunked = jax.tree_util.tree_map(lambda a: a.reshape(t // n, n, *a.shape[1:]), (episodes, keys))
+  chunked = jax.tree_util.tree_map(lambda a: a.reshape(t // n, n, *a.shape[1:]), (tasks, keys))
   out = jax.lax.map(lambda a: group(theta, *a), chunked)
   return jax.tree_util.tree_map(lambda a: a.reshape(t, *a.shape[2:]), out)
 
 
 def init_state(
-  learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey, episode: ep.Episode
+  learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey, episode: Task
 ) -> MetaTrainState:
   """Initialises theta from one (unbatched) example episode, and the optimizer."""
   init_key, rng = jax.random.split(key)
@@ -165,7 +205,7 @@ def init_state(
 
 def make_meta_step(
   learner: MetaLearner, optimizer: optax.GradientTransformation, *, strategy: str = "auto"
-) -> Callable[[MetaTrainState, ep.Episode], tuple[MetaTrainState, Metrics]]:
+) -> Callable[[MetaTrainState, Task], tuple[MetaTrainState, Metrics]]:
   """Builds the meta-step: mean meta-loss over a batch of tasks, its gradient, an update.
 
   The update is applied only when the loss and the gradient's global norm are
@@ -182,9 +222,9 @@ def make_meta_step(
     strategy: how to batch tasks (see `batch_over_tasks`).
 
   Returns:
-    `step(state, episodes [T, ...]) -> (state, metrics)`, pure, ready for `jax.jit`.
+    `step(state, tasks [T, ...]) -> (state, metrics)`, pure, ready for `jax.jit`.
   """
-  _check_strategy(strategy)
+  check_strategy(strategy)
 
   def task_grad(theta, episode, key):
     if learner.meta_grad is not None:
@@ -194,17 +234,16 @@ def make_meta_step(
     )
     return grads, {**metrics, "loss": loss}
 
-  def step(state: MetaTrainState, episodes: ep.Episode) -> tuple[MetaTrainState, Metrics]:
-    ep.check_episode(episodes, batched=True)
-    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), ep.num_tasks(episodes))
+  def step(state: MetaTrainState, tasks: Task) -> tuple[MetaTrainState, Metrics]:
+    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), num_tasks(tasks))
     chosen = strategy
     if strategy == "auto":
       probe = learner.meta_grad or learner.meta_loss
-      chosen = auto_strategy(probe, state.theta, episodes, keys)
+      chosen = auto_strategy(probe, state.theta, tasks, keys)
     if learner.meta_grad is None and chosen in ("vmap", "unroll"):
 
       def mean_loss(theta):
-        losses, metrics = batch_over_tasks(learner.meta_loss, chosen)(theta, episodes, keys)
+        losses, metrics = batch_over_tasks(learner.meta_loss, chosen)(theta, tasks, keys)
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, metrics)
 
       (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.theta)
@@ -214,7 +253,7 @@ def make_meta_step(
       # loop instead would keep every iteration's residuals (for Conv4 MAML,
       # [T, 75, 28, 28, 64] activation stacks written one task at a time) and
       # read them back in a second, transposed loop.
-      grads, metrics = batch_over_tasks(task_grad, chosen)(state.theta, episodes, keys)
+      grads, metrics = batch_over_tasks(task_grad, chosen)(state.theta, tasks, keys)
       grads, metrics = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), (grads, metrics))
       loss = metrics["loss"]
     grad_norm = optax.global_norm(grads)
@@ -237,8 +276,8 @@ def make_meta_step(
 
 
 def repeat_step(
-  step: Callable[[MetaTrainState, ep.Episode], tuple[MetaTrainState, Metrics]],
-) -> Callable[[MetaTrainState, Sequence[ep.Episode]], tuple[MetaTrainState, Metrics]]:
+  step: Callable[[MetaTrainState, Task], tuple[MetaTrainState, Metrics]],
+) -> Callable[[MetaTrainState, Sequence[Task]], tuple[MetaTrainState, Metrics]]:
   """K meta-steps in one call: `(state, (episodes_1, ..., episodes_K)) -> (state, metrics [K])`.
 
   The K batches (each `[T, ...]`, the same shapes) are stacked and the step is
@@ -256,23 +295,28 @@ def repeat_step(
     axis, entry k being that of the k-th step.
   """
 
-  def steps(state: MetaTrainState, batches: Sequence[ep.Episode]):
+  def steps(state: MetaTrainState, batches: Sequence[Task]):
     if not batches:
-      raise ValueError("repeat_step needs at least one batch of episodes")
+      raise ValueError("repeat_step needs at least one batch of tasks")
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *batches)
     return jax.lax.scan(step, state, stacked)
 
   return steps
 
 
-def make_eval_step(learner: MetaLearner, *, strategy: str = "auto") -> Callable[..., Metrics]:
-  """`(theta, episodes [T, ...], key) -> metrics [T]`: per-task evaluation metrics."""
-  _check_strategy(strategy)
+def make_eval_step(evaluate: EvaluateFn, *, strategy: str = "auto") -> Callable[..., Metrics]:
+  """`(theta, tasks [T, ...], key) -> metrics [T]`: a one-task evaluator over a batch.
 
-  def eval_step(theta, episodes, key):
-    ep.check_episode(episodes, batched=True)
-    keys = jax.random.split(key, ep.num_tasks(episodes))
-    return batch_over_tasks(learner.evaluate, strategy)(theta, episodes, keys)
+  Args:
+    evaluate: `(theta, task, key) -> scalar metrics` for ONE task, e.g. a task
+      family's evaluator from `metalearn.evaluation`.
+    strategy: how to batch tasks (see `batch_over_tasks`).
+  """
+  check_strategy(strategy)
+
+  def eval_step(theta, tasks, key):
+    keys = jax.random.split(key, num_tasks(tasks))
+    return batch_over_tasks(evaluate, strategy)(theta, tasks, keys)
 
   return eval_step
 
@@ -304,15 +348,15 @@ def summarize(values: dict[str, np.ndarray]) -> dict[str, dict[str, float | int]
 def evaluate(
   eval_step: Callable[..., Metrics],
   theta: MetaParams,
-  batches: Iterable[ep.Episode],
+  batches: Iterable[Task],
   key: PRNGKey,
 ) -> dict[str, dict[str, float | int]]:
-  """Evaluates theta on held-out episodes: mean ± 95% CI per metric.
+  """Evaluates theta on held-out tasks: mean ± 95% CI per metric.
 
   Args:
     eval_step: from `make_eval_step` (jit it once and reuse it).
     theta: meta-parameters.
-    batches: batches of held-out episodes `[T, ...]`.
+    batches: batches of held-out tasks `[T, ...]`.
     key: PRNG key; batch i uses `fold_in(key, i)`.
 
   Returns:
@@ -324,5 +368,5 @@ def evaluate(
     for name, v in metrics.items():
       collected.setdefault(name, []).append(np.asarray(v))
   if not collected:
-    raise ValueError("evaluate needs at least one batch of episodes")
+    raise ValueError("evaluate needs at least one batch of tasks")
   return summarize({k: np.concatenate(v) for k, v in collected.items()})

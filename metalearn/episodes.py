@@ -141,13 +141,15 @@ def pad(split: Split, n: int) -> Split:
 
 
 def task(episodes: Episode, i: int) -> Episode:
-  """Takes task `i` out of a batch of episodes `[T, ...]`."""
+  """Takes task `i` out of a batch of episodes `[T, ...]` (any PyTree of tasks)."""
   return jax.tree_util.tree_map(lambda a: a[i], episodes)
 
 
 def num_tasks(episodes: Episode) -> int:
-  """Size of the leading task axis of a batch of episodes."""
-  return int(np.shape(episodes.support.mask)[0])
+  """Size of the leading task axis of a batch (any PyTree of tasks; see `core.num_tasks`)."""
+  from metalearn import core  # core does not import this module; tasks need not be episodes
+
+  return core.num_tasks(episodes)
 
 
 class Objective(NamedTuple):

@@ -39,7 +39,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from metalearn import episodes as ep
+from metalearn import core
 from metalearn.types import PyTree
 
 TASK_AXIS = "tasks"
@@ -125,13 +125,13 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   return _put(jax.device_get(tree), replicated(mesh))
 
 
-def put_global_batch(batch: ep.Episode, mesh: Mesh) -> ep.Episode:
+def put_global_batch(batch: PyTree, mesh: Mesh) -> PyTree:
   """Shards a whole batch `[T, ...]`, which every process holds, over the task axis.
 
   Used for evaluation episodes, which every process draws whole (they are a
   small fixed set), so that evaluation is the same on every topology.
   """
-  check_divisible(ep.num_tasks(batch), mesh, "the number of evaluation tasks")
+  check_divisible(core.num_tasks(batch), mesh, "the number of evaluation tasks")
   return _put(batch, task_sharded(mesh))
 
 
@@ -154,11 +154,11 @@ def process_rows(num_tasks: int, mesh: Mesh) -> tuple[int, int]:
 
 
 def sample_global_batch(
-  sample_piece: Callable[[int, int], ep.Episode],
+  sample_piece: Callable[[int, int], PyTree],
   num_tasks: int,
   mesh: Mesh,
   num_pieces: int | None = None,
-) -> ep.Episode:
+) -> PyTree:
   """Draws a task-sharded global batch, each process drawing only its own rows.
 
   The global batch `[T, ...]` is the concatenation of `num_pieces` pieces of
@@ -207,13 +207,13 @@ def _concat(batches: Sequence[PyTree]) -> PyTree:
   return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *batches)
 
 
-def pad_tasks(batch: ep.Episode, multiple: int) -> ep.Episode:
+def pad_tasks(batch: PyTree, multiple: int) -> PyTree:
   """Pads a batch `[T, ...]` to a multiple of `multiple` tasks by repeating its last task.
 
   The padding tasks are real (finite) episodes, so they cannot make a step
   non-finite; callers drop their outputs (the first T rows are the batch's).
   """
-  t = ep.num_tasks(batch)
+  t = core.num_tasks(batch)
   extra = -t % multiple
   if not extra:
     return batch

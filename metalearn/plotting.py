@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -13,23 +13,28 @@ from metalearn.types import MetaParams, PRNGKey
 
 
 def adaptation_predictions(
-  learner: core.MetaLearner,
+  learners: Mapping[int, core.MetaLearner],
   theta: MetaParams,
   support: ep.Split,
   x: np.ndarray,
-  steps: Sequence[int],
   key: PRNGKey,
 ) -> dict[int, np.ndarray]:
-  """Predictions on `x [m, ...]` after adapting on `support` for each of `steps`.
+  """Predictions on `x [m, ...]` of each learner's predictor adapted on `support`.
+
+  Args:
+    learners: inner step count -> learner (e.g. `evaluation.curve(...)`).
+    theta: meta-parameters.
+    support: one task's support split.
+    x: inputs `[m, ...]`.
+    key: PRNG key of `adapt`.
 
   Returns:
     step count -> `[m, d]` predictions.
   """
-  out = {}
-  for k in steps:
-    phi = learner.adapt(theta, support, key, num_steps=int(k))
-    out[int(k)] = np.asarray(jax.device_get(learner.predict(phi, x)))
-  return out
+  return {
+    int(k): np.asarray(jax.device_get(learner.adapt(theta, support, key)(x)))
+    for k, learner in learners.items()
+  }
 
 
 def plot_sinusoid(

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from metalearn import algorithms, core
+from metalearn import algorithms, core, evaluation
 from metalearn import episodes as ep
 from metalearn.models import Model
 
@@ -35,7 +35,7 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 
 @pytest.fixture
 def learner():
-  return algorithms.maml(TINY_NET, inner_lr=0.05, inner_steps=2, eval_steps=(0, 2))
+  return algorithms.maml(TINY_NET, inner_lr=0.05, inner_steps=2)
 
 
 @pytest.fixture
@@ -139,7 +139,8 @@ def test_summarize_accepts_multi_dim_and_ints():
 
 
 def test_evaluate_summarises_eval_step(learner, theta, sinusoid_batch):
-  eval_step = _jit(core.make_eval_step(learner))
+  curve = evaluation.curve(algorithms.maml, (0, 2), TINY_NET, inner_lr=0.05)
+  eval_step = _jit(core.make_eval_step(evaluation.regression(curve)))
   out = core.evaluate(eval_step, theta, [sinusoid_batch, sinusoid_batch], jax.random.key(3))
   assert set(out) == {"mse@0", "mse@2"}
   per_task = eval_step(theta, sinusoid_batch, jax.random.key(0))

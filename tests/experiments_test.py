@@ -1,7 +1,9 @@
 """The absl binary and train_and_evaluate: smoke runs, bad input, workdir safety."""
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,13 +72,17 @@ def test_host_cores_on_an_accelerator_gives_the_python_thread_every_core(monkeyp
   assert "on gpu the Python thread keeps every core" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-  "method", sorted(set(algorithms.REGISTRY) - algorithms.CLASSIFICATION_ONLY)
+REGRESSION = sorted(
+  m for m, f in algorithms.REGISTRY.items() if "model" in inspect.signature(f).parameters
 )
+
+
+@pytest.mark.parametrize("method", REGRESSION)
 def test_every_method_smoke(tmp_path, method):
-  config = sinusoid.get_config("smoke")
+  config = sinusoid.get_config(f"{method},smoke")
+  assert set(config.learner) == set(algorithms.hyperparameters(method))
   with config.unlocked():
-    config.method, config.baseline, config.num_steps = method, False, 6
+    config.baseline, config.num_steps = False, 6
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert {"mse@0", "mse@1", "mse@10"} == set(summary)
   assert all(v["n"] + v["nonfinite"] == config.num_eval_tasks for v in summary.values())
@@ -86,22 +92,30 @@ def test_every_method_smoke(tmp_path, method):
   "flag, fragment",
   [
     ("--config.method=foo", "--config.method='foo': unknown method"),
-    ("--config.method=protonet", "is a classification method"),
+    ("--config.method=protonet", "learns an embedding for classification"),
     ("--config.shots=0", "--config.shots=0"),
-    ("--config.inner_lr=-0.1", "--config.inner_lr=-0.1"),
+    ("--config.learner.inner_lr=-0.1", "--config.learner (maml): inner_lr must be > 0"),
     ("--config.outer_lr=0.0", "--config.outer_lr=0.0"),
     ("--config.num_steps=-1", "--config.num_steps=-1"),
-    ("--config.inner_steps=-2", "--config.inner_steps=-2"),
+    ("--config.learner.inner_steps=-2", "--config.learner (maml): inner_steps must be"),
     ("--config.outer_lr_halve_every=-5", "--config.outer_lr_halve_every=-5"),
     ("--config.host_cores=-1", "--config.host_cores=-1"),
+    ("--config.strategy=fast", "--config.strategy must be one of"),
+    ("--config.on_nonfinite=ignore", "--config.on_nonfinite='ignore'"),
+    ("--config.seed=-1", "--config.seed=-1"),
   ],
 )
 def test_bad_config_fails_in_one_line_before_anything(tmp_path, flag, fragment):
   config = sinusoid.get_config("smoke")
   name, value = flag[len("--config.") :].split("=")
+  *parents, leaf = name.split(".")
+  block = config
+  for parent in parents:
+    block = block[parent]
   with config.unlocked():
-    config[name] = type(config[name])(value) if config[name] is not None else int(value)
-  with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+    kind = type(block[leaf]) if block[leaf] is not None else int
+    block[leaf] = kind(value)
+  with pytest.raises(ValueError, match=re.escape(fragment)):
     train.validate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
@@ -134,33 +148,74 @@ def test_other_run_in_workdir_is_refused_and_kept(tmp_path):
   assert before == {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in os.listdir(tmp_path)}
 
 
-def test_imaml_settings_are_part_of_an_imaml_runs_identity(tmp_path):
-  config = sinusoid.get_config("smoke")
+def test_the_learner_block_is_part_of_a_runs_identity(tmp_path):
+  config = sinusoid.get_config("imaml,smoke")
   with config.unlocked():
-    config.method, config.baseline, config.num_steps = "imaml", False, 2
+    config.baseline, config.num_steps = False, 2
   train.train_and_evaluate(config, str(tmp_path / "imaml"))
+  saved = json.loads((tmp_path / "imaml" / "config.json").read_text())
+  # config.json records every hyperparameter, the factory's defaults filled in.
+  assert saved["learner"] == {**algorithms.hyperparameters("imaml"), "inner_lr": 0.01}
   train.validate(config, str(tmp_path / "imaml"))  # the same settings resume
-  # A run from before the damping and clipping fields existed (0: off) resumes too.
-  saved = tmp_path / "imaml" / "config.json"
-  previous = json.loads(saved.read_text())
-  for field in ("imaml_damping", "imaml_lam_damping", "imaml_inner_clip"):
-    assert config[field] == 0
-    del previous[field]
-  saved.write_text(json.dumps(previous))
-  train.validate(config, str(tmp_path / "imaml"))
-  for field, value in [("imaml_lam", 2.0), ("imaml_cg_steps", 3), ("imaml_lam_damping", 10.0)]:
+  for field, value in [("lam", 2.0), ("cg_steps", 3), ("lam_damping", 10.0), ("inner_steps", 3)]:
     changed = config.copy_and_resolve_references()
     with changed.unlocked():
-      changed[field] = value
-    with pytest.raises(ValueError, match=f"{field}="):
+      changed.learner[field] = value
+    with pytest.raises(ValueError, match=f"learner.{field}="):
       train.validate(changed, str(tmp_path / "imaml"))
-  # Another method's run ignores the imaml_* fields it does not use.
+  # Setting a default explicitly is the same run.
+  same = config.copy_and_resolve_references()
+  with same.unlocked():
+    same.learner.cg_steps = 5
+  train.validate(same, str(tmp_path / "imaml"))
+
+
+def test_runs_written_before_learner_blocks_resume_or_are_refused_by_name(tmp_path):
+  """A config.json with flat `inner_lr`, `inner_steps` and `imaml_*` fields is upgraded."""
+  config = sinusoid.get_config("imaml,smoke")
   with config.unlocked():
-    config.method = "maml"
-  train.train_and_evaluate(config, str(tmp_path / "maml"))
+    config.baseline, config.num_steps = False, 2
+  workdir = tmp_path / "old"
+  workdir.mkdir()
+  legacy = {k: v for k, v in json.loads(config.to_json()).items() if k != "learner"}
+  legacy.update(
+    inner_lr=0.01,
+    inner_steps=None,
+    remat=False,
+    imaml_lam=1.0,
+    imaml_cg_steps=5,
+    imaml_solver="cg",
+    imaml_damping=0.0,
+    imaml_lam_damping=0.0,
+    imaml_inner_clip=0.0,
+  )
+  (workdir / "config.json").write_text(json.dumps(legacy))
+  train.validate(config, str(workdir))
+  upgraded = train.load_config(str(workdir))
+  assert upgraded.learner.to_dict() == {
+    "inner_lr": 0.01,
+    "lam": 1.0,
+    "cg_steps": 5,
+    "solver": "cg",
+    "damping": 0.0,
+    "lam_damping": 0.0,
+    "inner_clip": 0.0,
+  }
+  legacy["imaml_lam"] = 2.0
+  (workdir / "config.json").write_text(json.dumps(legacy))
+  with pytest.raises(ValueError, match=r"learner\.lam=2\.0 \(now 1\.0\)"):
+    train.validate(config, str(workdir))
+
+
+def test_changing_the_method_on_the_command_line_takes_its_defaults(capsys):
+  """`--config.method=reptile` on a MAML config: Reptile's own inner_steps, a note for the rest."""
+  config = sinusoid.get_config("smoke")
   with config.unlocked():
-    config.imaml_lam = 2.0
-  train.validate(config, str(tmp_path / "maml"))
+    config.method = "reptile"
+    config.learner.remat = True
+  assert train.learner_kwargs(config, verbose=True) == {"inner_lr": 0.01}
+  assert "--config.learner.remat=True is not a hyperparameter of reptile" in capsys.readouterr().out
+  assert train.identity(config)["learner"] == {"inner_lr": 0.01, "inner_steps": 5}
 
 
 def test_outer_learning_rate_halves_every_k_steps():
@@ -173,9 +228,10 @@ def test_outer_learning_rate_halves_every_k_steps():
   assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 1.25e-4], rel=1e-6)
 
 
-def test_unknown_config_variant():
-  with pytest.raises(ValueError, match="variant"):
+def test_unknown_config_argument():
+  with pytest.raises(ValueError, match="unknown config argument 'big'"):
     sinusoid.get_config("big")
+  assert sinusoid.get_config("imaml,smoke").method == "imaml"
 
 
 def test_readme_test_command_is_what_ci_runs():

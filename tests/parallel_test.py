@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from metalearn import algorithms, core, parallel, training
+from metalearn import algorithms, core, evaluation, parallel, training
 from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
@@ -130,7 +130,6 @@ def _learner_and_batch(name: str, num_tasks: int):
     ways=ways,
     inner_lr=0.01,
     inner_steps=2,
-    eval_steps=(0, 1),
     objective="cross_entropy" if classify else "mse",
     lam=10.0,  # iMAML: a well-conditioned linear system, so float32 rounding stays small
   )
@@ -198,6 +197,7 @@ def _case_meta_step():
 def _train(workdir, num_steps, mesh, **kwargs):
   learner = algorithms.maml(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=1)
   args = dict(
+    evaluate=evaluation.regression(learner),
     optimizer=optax.adam(1e-3),
     num_steps=num_steps,
     meta_batch_size=8,

@@ -173,17 +173,19 @@ def test_entropy_is_that_of_the_class_probabilities(protonet_run, tmp_path):
 
 
 def test_class_probabilities_from_the_outputs():
-  """Softmax of logits (any method), or normalised relation scores (Relation Networks)."""
+  """Softmax of the logits; Relation Networks' logits (log scores) give the normalised scores."""
   logits = np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [np.log(2.0), 0.0, -np.inf]])
-  probs, scores, entropy = predict.class_probabilities(logits, raw_scores=False)
+  probs, scores, entropy = predict.class_probabilities(logits)
   np.testing.assert_allclose(probs, [[1 / 3] * 3, [1, 0, 0], [2 / 3, 1 / 3, 0]], atol=1e-12)
   np.testing.assert_allclose(scores, [1 / 3, 1, 2 / 3], atol=1e-12)
   np.testing.assert_allclose(entropy, [1.0, 0.0, _entropy([2 / 3, 1 / 3, 0], 3)], atol=1e-12)
-  relation = np.array([[0.9, 0.05, 0.05], [0.01, 0.01, 0.01], [0.0, 0.0, 0.0]])
-  probs, scores, entropy = predict.class_probabilities(relation, raw_scores=True)
-  np.testing.assert_allclose(scores, [0.9, 0.01, 0.0])  # the relation scores as they are
-  np.testing.assert_allclose(probs, [[0.9, 0.05, 0.05], [1 / 3] * 3, [1 / 3] * 3])
-  np.testing.assert_allclose(entropy, [_entropy([0.9, 0.05, 0.05], 3), 1.0, 1.0], atol=1e-12)
+  relation = np.log(np.array([[0.9, 0.05, 0.05], [0.01, 0.01, 0.01], [0.3, 0.1, 0.0]]))
+  probs, scores, entropy = predict.class_probabilities(relation)
+  np.testing.assert_allclose(probs, [[0.9, 0.05, 0.05], [1 / 3] * 3, [0.75, 0.25, 0.0]], atol=1e-12)
+  np.testing.assert_allclose(scores, [0.9, 1 / 3, 0.75], atol=1e-12)
+  np.testing.assert_allclose(
+    entropy, [_entropy([0.9, 0.05, 0.05], 3), 1.0, _entropy([0.75, 0.25, 0], 3)], atol=1e-12
+  )
 
 
 def test_images_are_classified_as_they_look(protonet_run, tmp_path):
@@ -387,7 +389,7 @@ def test_sinusoid_run_is_refused(tmp_path):
 def test_evaluate_reproduces_the_runs_own_evaluation(protonet_run, monkeypatch):
   """The run's own shape, episode count and batch size: the same episodes, the same accuracy."""
   monkeypatch.setattr(train, "load_omniglot", _fake_omniglot)
-  config = predict.load_config(protonet_run)
+  config = train.load_config(protonet_run)
   with open(os.path.join(protonet_run, "eval.json")) as f:
     expected = json.load(f)["metrics"]["accuracy"]
   report = evaluate.evaluate(

@@ -2,12 +2,17 @@
 
 from ml_collections import config_dict
 
+from experiments.configs import _common
 
-def base() -> config_dict.ConfigDict:
-  """The fields every Omniglot config sets; each config then sets its paper's values."""
+
+def base(method: str) -> config_dict.ConfigDict:
+  """The fields every Omniglot config sets; each config then sets its paper's values.
+
+  `learner` is left for the config to fill (`_common.learner_block(method, ...)`).
+  """
   c = config_dict.ConfigDict()
   c.task = "omniglot"
-  c.method = "maml"
+  c.method = method
   c.seed = 0
   c.num_steps = 60_000
   c.eval_every = 5_000
@@ -22,16 +27,9 @@ def base() -> config_dict.ConfigDict:
 
   c.outer_lr = 1e-3
   c.outer_lr_halve_every = 0  # > 0: halve outer_lr every this many meta-steps
-  c.inner_lr = 0.4
-  c.inner_steps = 1  # during meta-training (gradient-based methods)
-  c.eval_inner_steps = 3  # `accuracy` in eval.json is `accuracy@<this>`
-  c.remat = False
-  c.imaml_lam = 1.0
-  c.imaml_cg_steps = 5
-  c.imaml_solver = "cg"
-  c.imaml_damping = 0.0  # solves ((1 + damping) I + H / lam) u = g
-  c.imaml_lam_damping = 0.0  # > 0: H / (lam + lam_damping) in that system only
-  c.imaml_inner_clip = 0.0  # > 0: clip each inner gradient to this global norm (0: off)
+  # The method's hyperparameters (keyword arguments of its factory; None: its default).
+  c.learner = _common.learner_block(method)
+  c.eval_inner_steps = 3  # gradient-based methods: `accuracy` in eval.json is `accuracy@<this>`
 
   # Data: load_omniglot(data_dir or None, zip_dir=zip_dir or None, ...): an
   # empty data_dir is TFDS's default folder ($TFDS_DATA_DIR or
@@ -59,9 +57,9 @@ def base() -> config_dict.ConfigDict:
   return c
 
 
-def finish(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigDict:
+def finish(c: config_dict.ConfigDict, smoke: bool) -> config_dict.ConfigDict:
   """Applies the `smoke` variant (a few steps, tiny evaluation, for CI) and locks."""
-  if arg == "smoke":
+  if smoke:
     c.ways, c.shots, c.queries, c.eval_queries = 5, 1, 1, 1
     c.num_steps = 2
     c.eval_every = 1
@@ -72,8 +70,7 @@ def finish(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigDict
     c.num_eval_tasks = 4
     c.eval_batch_size = 2  # one evaluation program for validation and test
     c.eval_inner_steps = min(c.eval_inner_steps, 2)
-    c.inner_steps = min(c.inner_steps, 1)
-  elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; the only variant is 'smoke'")
+    if "inner_steps" in c.learner:
+      c.learner.inner_steps = min(c.learner.inner_steps or 1, 1)
   c.lock()
   return c

@@ -50,19 +50,18 @@ References:
 
 from ml_collections import config_dict
 
-from experiments.configs import _omniglot
+from experiments.configs import _common, _omniglot
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  """Returns the config; `arg="smoke"` gives a few-step variant."""
-  c = _omniglot.base()
-  c.method = "maml"
+  """Returns the config; `arg` names a method and/or `smoke` (a few-step variant)."""
+  method, smoke = _common.parse_arg(arg, "maml")
+  c = _omniglot.base(method)
   c.ways, c.shots, c.queries, c.eval_queries = 5, 1, 1, 1
   c.num_steps = 60_000
   c.meta_batch_size = 32
   c.outer_lr = 1e-3
-  c.inner_lr = 0.4
-  c.inner_steps = 1
+  c.learner = _common.learner_block(method, inner_lr=0.4, inner_steps=1)
   c.eval_inner_steps = 3
   c.eval_batch_size = 32  # tasks per evaluation program
-  return _omniglot.finish(c, arg)
+  return _omniglot.finish(c, smoke)

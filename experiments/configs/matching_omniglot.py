@@ -29,13 +29,13 @@ References:
 
 from ml_collections import config_dict
 
-from experiments.configs import _omniglot
+from experiments.configs import _common, _omniglot
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  """Returns the config; `arg="smoke"` gives a few-step variant."""
-  c = _omniglot.base()
-  c.method = "matching"
+  """Returns the config; `arg` names a method and/or `smoke` (a few-step variant)."""
+  method, smoke = _common.parse_arg(arg, "matching")
+  c = _omniglot.base(method)
   c.ways, c.shots, c.queries, c.eval_queries = 5, 1, 5, 5
   c.num_steps = 20_000
   c.eval_every = 2_000
@@ -43,4 +43,4 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.meta_batch_size = 1
   c.outer_lr = 1e-3
   c.strategy = "vmap"
-  return _omniglot.finish(c, arg)
+  return _omniglot.finish(c, smoke)

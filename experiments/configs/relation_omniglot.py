@@ -31,13 +31,13 @@ References:
 
 from ml_collections import config_dict
 
-from experiments.configs import _omniglot
+from experiments.configs import _common, _omniglot
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  """Returns the config; `arg="smoke"` gives a few-step variant."""
-  c = _omniglot.base()
-  c.method = "relation"
+  """Returns the config; `arg` names a method and/or `smoke` (a few-step variant)."""
+  method, smoke = _common.parse_arg(arg, "relation")
+  c = _omniglot.base(method)
   c.ways, c.shots, c.queries, c.eval_queries = 5, 1, 19, 19
   c.num_steps = 1_000_000
   c.eval_every = 50_000
@@ -47,4 +47,4 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.outer_lr = 1e-3
   c.outer_lr_halve_every = 100_000
   c.strategy = "vmap"
-  return _omniglot.finish(c, arg)
+  return _omniglot.finish(c, smoke)

@@ -1,5 +1,7 @@
 """Meta-learning algorithms, each a factory returning a `MetaLearner`."""
 
+import inspect
+
 from metalearn.algorithms.imaml import imaml
 from metalearn.algorithms.maml import anil, fomaml, maml, metacurvature, metasgd
 from metalearn.algorithms.matching import matching
@@ -8,9 +10,10 @@ from metalearn.algorithms.protonet import protonet
 from metalearn.algorithms.relation import relation
 from metalearn.algorithms.reptile import reptile
 
-# Name -> factory. The gradient-based factories take `(model, *, inner_lr,
-# inner_steps, eval_steps, objective)` and more (see their docstrings); the
-# metric learners in CLASSIFICATION_ONLY take `(embedding, *, ways)`.
+# Name -> factory. A factory's first argument is the network it is built on
+# (`model`, or a metric learner's `embedding`); its keyword arguments are the
+# method's hyperparameters, their defaults in its signature (the one place
+# they are defined). `objective` and `ways` come from the task family.
 REGISTRY = {
   "maml": maml,
   "fomaml": fomaml,
@@ -27,6 +30,27 @@ REGISTRY = {
 CLASSIFICATION_ONLY = frozenset({"protonet", "matching", "relation"})
 
 
+TASK_ARGUMENTS = ("objective", "ways")  # given by the task family, not the method's config
+_SETTABLE = (bool, int, float, str)
+
+
+def hyperparameters(name: str) -> dict[str, object]:
+  """The method's configurable keyword arguments and their defaults, from its factory's signature.
+
+  Arguments given by the task family (`TASK_ARGUMENTS`) and those whose
+  defaults are not plain values (objects such as `inner_optimizer`) are left
+  out; what remains is what a config's `learner` block may set.
+  """
+  params = inspect.signature(get(name)).parameters.values()
+  return {
+    p.name: p.default
+    for p in params
+    if p.kind is p.KEYWORD_ONLY
+    and p.name not in TASK_ARGUMENTS
+    and isinstance(p.default, _SETTABLE)
+  }
+
+
 def get(name: str):
   """Returns the factory registered as `name`, or raises naming the known ones."""
   if name not in REGISTRY:
@@ -40,6 +64,7 @@ __all__ = [
   "anil",
   "fomaml",
   "get",
+  "hyperparameters",
   "imaml",
   "maml",
   "matching",

@@ -1,4 +1,4 @@
-"""Pieces every gradient-based learner shares: adapt by inner steps, predict, evaluate."""
+"""Pieces the supervised learners share: the inner loop on the support set, the query loss."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import optax
 
 from metalearn import episodes as ep
 from metalearn import inner
@@ -25,93 +24,70 @@ class Partition(NamedTuple):
 ALL = Partition(lambda p: (p, None), lambda fast, slow: fast)
 
 
-def check_eval_steps(eval_steps: tuple[int, ...]) -> tuple[int, ...]:
-  """Validates the inner-step counts reported by evaluation, e.g. `(0, 1, 10)`."""
-  steps = tuple(int(s) for s in eval_steps)
-  if not steps or min(steps) < 0:
-    raise ValueError(f"eval_steps must be non-empty and >= 0, got {eval_steps!r}")
-  return steps
-
-
-class FinetuneFns(NamedTuple):
-  """`adapt`, `predict` and `evaluate` of a learner whose theta holds `params`."""
-
-  adapt: Callable[..., Params]
-  predict: Callable[[Params, jax.Array], jax.Array]
-  evaluate: Callable[[MetaParams, ep.Episode, PRNGKey], Metrics]
-
-
-def finetune_fns(
+def inner_loop(
   model: Model,
   objective: ep.Objective,
   *,
-  optimizer: optax.GradientTransformation,
+  update: inner.LearnedUpdate,
   inner_steps: int,
-  eval_steps: tuple[int, ...],
   partition: Partition = ALL,
-  precondition: Callable[[MetaParams], inner.gradient.Precondition | None] = lambda theta: None,
   first_order: bool = False,
   remat: bool = False,
-) -> FinetuneFns:
-  """Builds adapt/predict/evaluate for inner-loop gradient steps on `theta["params"]`.
+) -> Callable[[MetaParams, ep.Split], Params]:
+  """`(theta, support) -> phi`: `inner_steps` steps of `update(theta)` on the support loss.
 
   Args:
-    model: the network.
-    objective: loss and metrics of the task.
-    optimizer: inner optimizer.
-    inner_steps: default number of inner steps of `adapt`.
-    eval_steps: step counts reported by `evaluate`.
+    model: the network; theta holds its weights under `"params"`.
+    objective: loss (and metrics) of the task.
+    update: the inner update, `theta[update.name] -> optax transformation`
+      (a fixed optimizer when `update.name` is None).
+    inner_steps: K, a static int >= 0.
     partition: which part of the params the inner loop changes.
-    precondition: `theta -> (grads -> grads)`, a learned transform of the inner
-      gradient (Meta-SGD, Meta-Curvature), or None.
     first_order: see `inner.gradient_descent`.
     remat: see `inner.gradient_descent`.
   """
   inner.gradient.check_steps(inner_steps)
-  eval_steps = check_eval_steps(eval_steps)
 
-  def support_loss(slow, support):
-    return lambda fast: objective.loss(model.apply(partition.join(fast, slow), support.x), support)
-
-  def adapt(theta, support, key, num_steps=None):
-    del key
+  def run(theta, support):
     fast, slow = partition.split(theta["params"])
+    loss = lambda f: objective.loss(model.apply(partition.join(f, slow), support.x), support)
+    optimizer = update.transform(theta[update.name] if update.name else None)
     fast, _, _ = inner.gradient_descent(
-      support_loss(slow, support),
+      loss,
       fast,
-      num_steps=inner_steps if num_steps is None else num_steps,
+      num_steps=inner_steps,
       optimizer=optimizer,
-      precondition=precondition(theta),
       first_order=first_order,
       remat=remat,
     )
     return partition.join(fast, slow)
 
-  def evaluate(theta, episode, key):
-    del key
-    fast, slow = partition.split(theta["params"])
-    query = episode.query
+  return run
 
-    def metric(fn):
-      return lambda f: fn(model.apply(partition.join(f, slow), query.x), query)
 
-    return inner.adaptation_curve(
-      support_loss(slow, episode.support),
-      fast,
-      steps=eval_steps,
-      optimizer=optimizer,
-      precondition=precondition(theta),
-      metrics={name: metric(fn) for name, fn in objective.metrics.items()},
-    )
+def init_with_update(model: Model, update: inner.LearnedUpdate, partition: Partition = ALL):
+  """`(key, episode) -> theta`: `{"params"}`, plus the update's own meta-parameters if any.
 
-  return FinetuneFns(adapt, model.apply, evaluate)
+  The model is initialised from `key` itself (so theta's `params` do not
+  depend on the update), the update from `fold_in(key, 1)`.
+  """
+
+  def init(key, episode):
+    params = model.init(key, episode.support.x)
+    theta = {"params": params}
+    if update.name is not None:
+      fast = partition.split(params)[0]
+      theta[update.name] = update.init(jax.random.fold_in(key, 1), fast)
+    return theta
+
+  return init
 
 
 def query_loss(
-  fns: FinetuneFns, objective: ep.Objective, phi: Params, query: ep.Split
+  predictor: Callable[[jax.Array], jax.Array], objective: ep.Objective, query: ep.Split
 ) -> tuple[jax.Array, Metrics]:
-  """Loss of adapted weights on the query split, with the objective's metrics."""
-  predictions = fns.predict(phi, query.x)
+  """Loss of a task's predictor on the query split, with the objective's metrics `query_<name>`."""
+  predictions = predictor(query.x)
   metrics = {f"query_{n}": fn(predictions, query) for n, fn in objective.metrics.items()}
   return objective.loss(predictions, query), metrics
 
@@ -126,26 +102,13 @@ def check_ways(ways: int) -> int:
 def scored_learner(
   name: str,
   init: Callable[[PRNGKey, ep.Episode], MetaParams],
-  adapt: Callable[..., Params],
-  predict: Callable[[Params, jax.Array], jax.Array],
+  adapt: Callable[[MetaParams, ep.Split, PRNGKey], Callable[[jax.Array], jax.Array]],
   objective: ep.Objective,
 ) -> MetaLearner:
-  """A learner without inner steps (metric learning): meta-loss and metrics on the query.
-
-  `evaluate` reports the objective's metrics under their plain names
-  (e.g. `accuracy`), since there is no step count to qualify them with.
-  """
-
-  def scores(theta, episode, key):
-    return predict(adapt(theta, episode.support, key), episode.query.x)
-
-  def evaluate(theta, episode, key):
-    s = scores(theta, episode, key)
-    return {n: fn(s, episode.query) for n, fn in objective.metrics.items()}
+  """A learner without inner steps (metric learning): its meta-loss is the query loss."""
 
   def meta_loss(theta, episode, key):
-    s = scores(theta, episode, key)
-    metrics = {f"query_{n}": fn(s, episode.query) for n, fn in objective.metrics.items()}
-    return objective.loss(s, episode.query), metrics
+    ep.check_episode(episode, batched=False)
+    return query_loss(adapt(theta, episode.support, key), objective, episode.query)
 
-  return MetaLearner(init, adapt, meta_loss, predict, evaluate, name=name)
+  return MetaLearner(init, adapt, meta_loss, name=name)

@@ -30,7 +30,7 @@ import optax
 from metalearn import episodes as ep
 from metalearn import inner
 from metalearn.algorithms import common
-from metalearn.core import MetaLearner
+from metalearn.core import MetaLearner, predictor
 from metalearn.inner import implicit
 from metalearn.models import Model, as_model
 
@@ -45,15 +45,14 @@ def imaml(
   solver: str | implicit.Solver = "cg",
   damping: float = 0.0,
   lam_damping: float = 0.0,
-  inner_clip: float | None = None,
+  inner_clip: float = 0.0,
   inner_optimizer: optax.GradientTransformation | None = None,
-  eval_steps: tuple[int, ...] = (0, 1, 10),
   objective: str | ep.Objective = "mse",
 ) -> MetaLearner:
   """iMAML with a proximal inner problem solved by `inner_steps` optimizer steps.
 
-  `adapt(theta, support, key, num_steps=None)` returns the proximal solution
-  phi (differentiable: `jax.grad` through it is the implicit gradient).
+  `adapt(theta, support, key)` returns the proximal solution phi as a
+  predictor (differentiable: `jax.grad` through it is the implicit gradient).
   `meta_loss` returns the query loss of phi and the metrics `query_<metric>`,
   `cg_residual` (norm of the final residual of the linear solve; non-finite if
   it broke down, in which case the gradient is non-finite too and
@@ -70,13 +69,13 @@ def imaml(
   also sensitive to rounding (results of `jit`, eager and `vmap` can then
   differ in more than the last digits).
 
-  `evaluate` reports the query metrics after k *proximal* inner steps (the
-  same inner problem as `adapt`, so `name@k` is the query metric of
-  `adapt(..., num_steps=k)`): theta is meta-trained for that adaptation, and at
-  meta-test time the paper adapts with the same regularised objective. The
-  proximal term vanishes at phi = theta, so `@0` and `@1` equal those of plain
-  fine-tuning from theta; the curves of the other learners differ from
-  iMAML's only from k = 2 on, by the pull towards theta.
+  Adaptation curves (`evaluation`, `name@k` from `imaml(..., inner_steps=k)`)
+  take k *proximal* inner steps, the same inner problem as `adapt`: theta is
+  meta-trained for that adaptation, and at meta-test time the paper adapts
+  with the same regularised objective. The proximal term vanishes at phi =
+  theta, so `@0` and `@1` equal those of plain fine-tuning from theta; the
+  curves of the other learners differ from iMAML's only from k = 2 on, by the
+  pull towards theta.
 
   Args:
     model: network (flax module with params only, or a `Model`).
@@ -100,7 +99,7 @@ def imaml(
       `lam=0.01, lam_damping=11.99, damping=1` comes close to that code (the
       proximal pull is then negligible over 16 steps and the system is the
       same); measured on Omniglot in docs/results.md.
-    inner_clip: when given (> 0), the inner SGD clips each gradient of the
+    inner_clip: when > 0, the inner SGD clips each gradient of the
       proximal objective to this global norm. The implicit gradient assumes
       the inner problem solved and does not see the inner optimizer's
       stability, so meta-training can move theta to where fixed-step SGD
@@ -109,7 +108,6 @@ def imaml(
     inner_optimizer: any optax transformation for the inner loop (Adam, as in
       the paper's Omniglot runs, or SGD); it is never differentiated and
       replaces `inner_lr` and `inner_clip`.
-    eval_steps: inner step counts reported by `evaluate`.
     objective: `"mse"`, `"cross_entropy"` or an `episodes.Objective`.
 
   Returns:
@@ -117,8 +115,8 @@ def imaml(
 
   Raises:
     ValueError: naming the argument, for `lam <= 0`, `cg_steps < 1`,
-      `damping < 0`, `lam_damping < 0`, `inner_clip <= 0`, an unknown `solver`, `inner_steps < 0`,
-      `inner_lr <= 0` (when no `inner_optimizer` is given) or bad `eval_steps`.
+      `damping < 0`, `lam_damping < 0`, `inner_clip < 0`, an unknown `solver`, `inner_steps < 0`,
+      or `inner_lr <= 0` (when no `inner_optimizer` is given).
 
   References: Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit
   Gradients. NeurIPS 2019 (Algorithm 2; Neumann alternative: Lorraine et al. 2020).
@@ -133,11 +131,12 @@ def imaml(
   if not callable(solver) and solver not in implicit.SOLVERS:
     raise ValueError(f"solver must be one of {implicit.SOLVERS} or a callable, got {solver!r}")
   inner.gradient.check_steps(inner_steps)
-  eval_steps = common.check_eval_steps(eval_steps)
-  if inner_clip is not None and not float(inner_clip) > 0:
-    raise ValueError(f"inner_clip must be > 0 (or None: no clipping), got {inner_clip}")
+  if inner_clip is None:  # the older spelling of "off"
+    inner_clip = 0.0
+  if not float(inner_clip) >= 0:
+    raise ValueError(f"inner_clip must be >= 0 (0: no clipping), got {inner_clip}")
   optimizer = inner_optimizer or inner.sgd(inner_lr)
-  if inner_optimizer is None and inner_clip is not None:
+  if inner_optimizer is None and inner_clip:
     optimizer = optax.chain(optax.clip_by_global_norm(float(inner_clip)), optimizer)
   solve = implicit.make_solver(solver, num_steps=cg_steps, damping=damping)
   model, objective = as_model(model), ep.get_objective(objective)
@@ -148,37 +147,21 @@ def imaml(
   def init(key, episode):
     return {"params": model.init(key, episode.support.x)}
 
-  def adapt(theta, support, key, num_steps=None):
+  def adapt(theta, support, key):
     del key
     solve_inner = implicit.implicit_solve(
       support_loss,
       lam=lam,
-      num_steps=inner_steps if num_steps is None else num_steps,
+      num_steps=inner_steps,
       optimizer=optimizer,
       solver=solve,
       lam_damping=lam_damping,
     )
-    return solve_inner(theta["params"], support)
+    return predictor(model.apply, solve_inner(theta["params"], support))
 
-  def evaluate(theta, episode, key):
-    del key
-    params, query = theta["params"], episode.query
-
-    def metric(fn):
-      return lambda phi: fn(model.apply(phi, query.x), query)
-
-    return inner.adaptation_curve(
-      implicit.proximal_loss(lambda phi: support_loss(phi, episode.support), params, lam),
-      params,
-      steps=eval_steps,
-      optimizer=optimizer,
-      metrics={name: metric(fn) for name, fn in objective.metrics.items()},
-    )
-
-  fns = common.FinetuneFns(adapt, model.apply, evaluate)
   loss_fn = implicit.implicit_meta_loss(
     support_loss,
-    lambda phi, query: common.query_loss(fns, objective, phi, query),
+    lambda phi, query: common.query_loss(predictor(model.apply, phi), objective, query),
     lam=lam,
     num_steps=inner_steps,
     optimizer=optimizer,
@@ -188,6 +171,7 @@ def imaml(
 
   def meta_loss(theta, episode, key):
     del key
+    ep.check_episode(episode, batched=False)
     return loss_fn(theta["params"], episode.support, episode.query)
 
-  return MetaLearner(init, adapt, meta_loss, model.apply, evaluate, name="imaml")
+  return MetaLearner(init, adapt, meta_loss, name="imaml")

@@ -4,14 +4,15 @@ All five share one equation. For a task with support loss L_s and query loss L_q
 
   phi_0 = theta,   phi_{i+1} = phi_i - U(P(grad L_s(phi_i))),   loss(theta) = L_q(phi_K),
 
-where U is the inner optimizer (SGD with step alpha by default) and P a learned
-transform of the inner gradient. The meta-gradient is `jax.grad` of that loss:
+where U o P is the inner update, an optax transformation built from theta
+(`metalearn.inner.learned`): SGD with step alpha, any optax optimizer, or a
+learned one. The meta-gradient is `jax.grad` of that loss:
 
-- MAML: P = identity, full second-order meta-gradient through the K steps.
+- MAML: U o P = SGD, full second-order meta-gradient through the K steps.
 - first-order MAML: the inner gradients are constants (`stop_gradient`).
-- Meta-SGD: P(g) = a * g with a learned per-parameter step `a` (U = identity).
+- Meta-SGD: U o P(g) = -a * g with a learned per-parameter step `a`.
 - ANIL: phi only changes the head; the body is shared, adapted by the outer loop.
-- Meta-Curvature: P(G) = G x_1 M_1 x_2 M_2 ... a learned matrix per tensor mode.
+- Meta-Curvature: P(G) = G x_1 M_1 x_2 M_2 ... a learned matrix per tensor mode, U = SGD.
 
 References:
   Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep
@@ -23,20 +24,17 @@ References:
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import optax
 
 from metalearn import episodes as ep
 from metalearn import inner
 from metalearn.algorithms import common
-from metalearn.core import MetaLearner
+from metalearn.core import MetaLearner, predictor
 from metalearn.models import Model, as_model
 
 Objective = str | ep.Objective
+InnerOptimizer = optax.GradientTransformation | inner.LearnedUpdate
 
 
 def _learner(
@@ -44,38 +42,34 @@ def _learner(
   model: nn.Module | Model,
   *,
   inner_steps: int,
-  optimizer: optax.GradientTransformation,
-  eval_steps: tuple[int, ...],
+  update: InnerOptimizer,
   objective: Objective,
   first_order: bool = False,
   remat: bool = False,
   partition: common.Partition = common.ALL,
-  init_extra=lambda fast: {},
-  precondition=lambda theta: None,
 ) -> MetaLearner:
-  """The shared MAML skeleton; each public factory fills in what differs."""
+  """The shared MAML skeleton: adapt by the inner update, score the query."""
   model, objective = as_model(model), ep.get_objective(objective)
-  fns = common.finetune_fns(
+  update = inner.as_learned_update(update)
+  run = common.inner_loop(
     model,
     objective,
-    optimizer=optimizer,
+    update=update,
     inner_steps=inner_steps,
-    eval_steps=eval_steps,
     partition=partition,
-    precondition=precondition,
     first_order=first_order,
     remat=remat,
   )
 
-  def init(key, episode):
-    params = model.init(key, episode.support.x)
-    return {"params": params, **init_extra(partition.split(params)[0])}
+  def adapt(theta, support, key):
+    del key
+    return predictor(model.apply, run(theta, support))
 
   def meta_loss(theta, episode, key):
-    phi = fns.adapt(theta, episode.support, key)
-    return common.query_loss(fns, objective, phi, episode.query)
+    ep.check_episode(episode, batched=False)
+    return common.query_loss(adapt(theta, episode.support, key), objective, episode.query)
 
-  return MetaLearner(init, fns.adapt, meta_loss, fns.predict, fns.evaluate, name=name)
+  return MetaLearner(common.init_with_update(model, update, partition), adapt, meta_loss, name=name)
 
 
 def maml(
@@ -85,8 +79,7 @@ def maml(
   inner_steps: int = 1,
   first_order: bool = False,
   remat: bool = False,
-  inner_optimizer: optax.GradientTransformation | None = None,
-  eval_steps: tuple[int, ...] = (0, 1, 10),
+  inner_optimizer: InnerOptimizer | None = None,
   objective: Objective = "mse",
 ) -> MetaLearner:
   """MAML: theta is an initialisation; the meta-loss is the query loss after K inner steps.
@@ -97,12 +90,15 @@ def maml(
     inner_steps: K, inner steps during meta-training.
     first_order: drop the second-order terms (first-order MAML).
     remat: rematerialise the inner loop in the backward pass.
-    inner_optimizer: any optax transformation for the inner loop.
-    eval_steps: inner step counts reported by `evaluate`.
+    inner_optimizer: the inner update instead of SGD: any optax transformation
+      (Adam, with its state carried through the inner loop) or an
+      `inner.LearnedUpdate`, whose meta-parameters are learned jointly with
+      the initialisation (stored in theta under its `name`).
     objective: `"mse"`, `"cross_entropy"` or an `episodes.Objective`.
 
   Returns:
-    A `MetaLearner` whose theta is `{"params": ...}`.
+    A `MetaLearner` whose theta is `{"params": ...}` (plus a learned update's
+    meta-parameters); `adapt` returns the adapted network as a predictor.
 
   References: Finn, Abbeel, Levine, ICML 2017 (Algorithm 2; first-order in Sec. 5.2).
   """
@@ -110,17 +106,32 @@ def maml(
     "fomaml" if first_order else "maml",
     model,
     inner_steps=inner_steps,
-    optimizer=inner_optimizer or inner.sgd(inner_lr),
-    eval_steps=eval_steps,
+    update=inner_optimizer or inner.sgd(inner_lr),
     objective=objective,
     first_order=first_order,
     remat=remat,
   )
 
 
-def fomaml(model: nn.Module | Model, **kwargs) -> MetaLearner:
+def fomaml(
+  model: nn.Module | Model,
+  *,
+  inner_lr: float = 0.01,
+  inner_steps: int = 1,
+  remat: bool = False,
+  inner_optimizer: InnerOptimizer | None = None,
+  objective: Objective = "mse",
+) -> MetaLearner:
   """First-order MAML: `maml(..., first_order=True)`. References: Finn et al. 2017, Sec. 5.2."""
-  return maml(model, first_order=True, **kwargs)
+  return maml(
+    model,
+    inner_lr=inner_lr,
+    inner_steps=inner_steps,
+    first_order=True,
+    remat=remat,
+    inner_optimizer=inner_optimizer,
+    objective=objective,
+  )
 
 
 def metasgd(
@@ -129,30 +140,24 @@ def metasgd(
   inner_lr: float = 0.01,
   inner_steps: int = 1,
   remat: bool = False,
-  eval_steps: tuple[int, ...] = (0, 1, 10),
   objective: Objective = "mse",
 ) -> MetaLearner:
   """Meta-SGD: learns a per-parameter inner step `a` with the initialisation.
 
-  `phi = theta - a * grad L_s(theta)`; theta is `{"params", "lr"}` with `lr`
-  shaped like `params` and initialised to `inner_lr` everywhere, so before any
-  meta-training (or with `lr` held fixed) Meta-SGD is MAML.
+  `phi = theta - a * grad L_s(theta)`, the inner update `inner.learned_rates`;
+  theta is `{"params", "lr"}` with `lr` shaped like `params` and initialised
+  to `inner_lr` everywhere, so before any meta-training (or with `lr` held
+  fixed) Meta-SGD is MAML, bit for bit.
 
   References: Li, Zhou, Chen, Li. Meta-SGD, arXiv:1707.09835 (2017), Eq. 3-4.
   """
-  inner.sgd(inner_lr)  # validates inner_lr
   return _learner(
     "metasgd",
     model,
     inner_steps=inner_steps,
-    optimizer=optax.sgd(1.0),
-    eval_steps=eval_steps,
+    update=inner.learned_rates(inner_lr, name="lr"),
     objective=objective,
     remat=remat,
-    init_extra=lambda fast: {
-      "lr": jax.tree_util.tree_map(lambda p: jnp.full_like(p, inner_lr), fast)
-    },
-    precondition=lambda theta: functools.partial(jax.tree_util.tree_map, jnp.multiply, theta["lr"]),
   )
 
 
@@ -164,8 +169,7 @@ def anil(
   inner_steps: int = 1,
   first_order: bool = False,
   remat: bool = False,
-  inner_optimizer: optax.GradientTransformation | None = None,
-  eval_steps: tuple[int, ...] = (0, 1, 10),
+  inner_optimizer: InnerOptimizer | None = None,
   objective: Objective = "mse",
 ) -> MetaLearner:
   """ANIL: MAML whose inner loop adapts only the top-level parameter group `head`.
@@ -185,40 +189,12 @@ def anil(
     "anil",
     model,
     inner_steps=inner_steps,
-    optimizer=inner_optimizer or inner.sgd(inner_lr),
-    eval_steps=eval_steps,
+    update=inner_optimizer or inner.sgd(inner_lr),
     objective=objective,
     first_order=first_order,
     remat=remat,
     partition=common.Partition(split, lambda fast, slow: {**slow, **fast}),
   )
-
-
-def _mode_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-  """Tensor modes Meta-Curvature acts on: `[k_h, k_w, in, out]` -> `[k_h*k_w, in, out]`."""
-  if len(shape) <= 2:
-    return shape
-  spatial = 1
-  for d in shape[:-2]:
-    spatial *= d
-  return (spatial, *shape[-2:])
-
-
-def curvature_transform(grad: jax.Array, matrices: list[jax.Array]) -> jax.Array:
-  """`G x_1 M_1 x_2 M_2 ...`: one matrix product along each mode of the gradient tensor.
-
-  Args:
-    grad: a parameter's gradient, any shape (conv kernels are viewed as
-      `[k*k, in, out]`).
-    matrices: one `[d_m, d_m]` matrix per mode `m`.
-
-  Returns:
-    The transformed gradient, shaped like `grad`.
-  """
-  g = grad.reshape(_mode_shape(grad.shape))
-  for axis, m in enumerate(matrices):
-    g = jnp.moveaxis(jnp.tensordot(m, g, axes=(1, axis)), 0, axis)
-  return g.reshape(grad.shape)
 
 
 def metacurvature(
@@ -227,38 +203,22 @@ def metacurvature(
   inner_lr: float = 0.01,
   inner_steps: int = 1,
   remat: bool = False,
-  eval_steps: tuple[int, ...] = (0, 1, 10),
   objective: Objective = "mse",
 ) -> MetaLearner:
   """Meta-Curvature: a learned, parameter-shared preconditioner of the inner gradient.
 
   For each weight tensor, one matrix per mode (identity at initialisation):
-  `phi = theta - alpha * (G x_1 M_1 x_2 M_2 x_3 M_3)`, with `G` the gradient.
-  theta is `{"params", "curvature"}`; at initialisation this is MAML.
+  `phi = theta - alpha * (G x_1 M_1 x_2 M_2 x_3 M_3)`, with `G` the gradient
+  (the inner update `inner.learned_curvature`). theta is `{"params",
+  "curvature"}`; at initialisation this is MAML.
 
   References: Park, Oliva. Meta-Curvature. NeurIPS 2019, Eq. 5-7.
   """
-
-  def init_extra(fast):
-    eye = lambda p: [jnp.eye(d, dtype=p.dtype) for d in _mode_shape(p.shape)]
-    return {"curvature": jax.tree_util.tree_map(eye, fast)}
-
-  def precondition(theta):
-    return lambda grads: jax.tree_util.tree_map(
-      curvature_transform,
-      grads,
-      theta["curvature"],
-      is_leaf=lambda x: isinstance(x, jax.Array),
-    )
-
   return _learner(
     "metacurvature",
     model,
     inner_steps=inner_steps,
-    optimizer=inner.sgd(inner_lr),
-    eval_steps=eval_steps,
+    update=inner.learned_curvature(inner_lr, name="curvature"),
     objective=objective,
     remat=remat,
-    init_extra=init_extra,
-    precondition=precondition,
   )

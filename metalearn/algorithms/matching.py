@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from metalearn import episodes as ep
 from metalearn.algorithms import common
-from metalearn.core import MetaLearner
+from metalearn.core import MetaLearner, predictor
 from metalearn.models import Model, as_model
 
 
@@ -45,7 +45,7 @@ def matching(embedding: nn.Module | Model, *, ways: int, eps: float = 1e-6) -> M
     eps: added to probabilities before the log (a class with no attention).
 
   Returns:
-    A `MetaLearner`; `predict` gives log-probabilities `[n, ways]`.
+    A `MetaLearner`; `adapt` gives a predictor of log-probabilities `[n, ways]`.
   """
   common.check_ways(ways)
   model, objective = as_model(embedding), ep.get_objective("cross_entropy")
@@ -53,17 +53,13 @@ def matching(embedding: nn.Module | Model, *, ways: int, eps: float = 1e-6) -> M
   def init(key, episode):
     return {"params": model.init(key, episode.support.x)}
 
-  def adapt(theta, support, key, num_steps=None):
-    del key, num_steps
-    return {
-      "params": theta["params"],
-      "keys": model.apply(theta["params"], support.x),
-      "labels": jax.nn.one_hot(support.y, ways),
-      "mask": support.mask,
-    }
+  def log_probs(params, keys, labels, mask, x):
+    return jnp.log(attention(model.apply(params, x), keys, mask) @ labels + eps)
 
-  def predict(task_params, x):
-    a = attention(model.apply(task_params["params"], x), task_params["keys"], task_params["mask"])
-    return jnp.log(a @ task_params["labels"] + eps)
+  def adapt(theta, support, key):
+    del key
+    keys = model.apply(theta["params"], support.x)
+    labels = jax.nn.one_hot(support.y, ways)
+    return predictor(log_probs, theta["params"], keys, labels, support.mask)
 
-  return common.scored_learner("matching", init, adapt, predict, objective)
+  return common.scored_learner("matching", init, adapt, objective)

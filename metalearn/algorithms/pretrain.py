@@ -19,7 +19,7 @@ import optax
 from metalearn import episodes as ep
 from metalearn import inner
 from metalearn.algorithms import common
-from metalearn.core import MetaLearner
+from metalearn.core import MetaLearner, predictor
 from metalearn.models import Model, as_model
 
 
@@ -29,7 +29,6 @@ def pretrain(
   inner_lr: float = 0.01,
   inner_steps: int = 10,
   inner_optimizer: optax.GradientTransformation | None = None,
-  eval_steps: tuple[int, ...] = (0, 1, 10),
   objective: str | ep.Objective = "mse",
 ) -> MetaLearner:
   """Joint pretraining on merged tasks, then `inner_steps` fine-tuning steps in `adapt`.
@@ -39,27 +38,24 @@ def pretrain(
     inner_lr: fine-tuning SGD step (ignored when `inner_optimizer` is given).
     inner_steps: fine-tuning steps of `adapt`.
     inner_optimizer: any optax transformation for fine-tuning.
-    eval_steps: fine-tuning step counts reported by `evaluate`.
     objective: `"mse"`, `"cross_entropy"` or an `episodes.Objective`.
 
   Returns:
     A `MetaLearner`; its meta-loss ignores the support/query distinction.
   """
   model, objective = as_model(model), ep.get_objective(objective)
-  fns = common.finetune_fns(
-    model,
-    objective,
-    optimizer=inner_optimizer or inner.sgd(inner_lr),
-    inner_steps=inner_steps,
-    eval_steps=eval_steps,
-  )
+  update = inner.fixed(inner_optimizer or inner.sgd(inner_lr))
+  run = common.inner_loop(model, objective, update=update, inner_steps=inner_steps)
 
-  def init(key, episode):
-    return {"params": model.init(key, episode.support.x)}
+  def adapt(theta, support, key):
+    del key
+    return predictor(model.apply, run(theta, support))
 
   def meta_loss(theta, episode, key):
     del key
+    ep.check_episode(episode, batched=False)
     merged = ep.merge(episode.support, episode.query)
-    return common.query_loss(fns, objective, theta["params"], merged)
+    return common.query_loss(predictor(model.apply, theta["params"]), objective, merged)
 
-  return MetaLearner(init, fns.adapt, meta_loss, fns.predict, fns.evaluate, name="pretrain")
+  init = common.init_with_update(model, update)
+  return MetaLearner(init, adapt, meta_loss, name="pretrain")

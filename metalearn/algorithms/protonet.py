@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from metalearn import episodes as ep
 from metalearn.algorithms import common
-from metalearn.core import MetaLearner
+from metalearn.core import MetaLearner, predictor
 from metalearn.models import Model, as_model
 
 
@@ -41,8 +41,9 @@ def protonet(embedding: nn.Module | Model, *, ways: int) -> MetaLearner:
     ways: N, classes per task (labels are `0..N-1`).
 
   Returns:
-    A `MetaLearner`; theta is `{"params": embedding params}`, task params are
-    `{"params", "prototypes" [ways, d]}`, `predict` gives logits `[n, ways]`.
+    A `MetaLearner`; theta is `{"params": embedding params}`; `adapt` gives a
+    predictor holding the params and the prototypes `[ways, d]`, whose
+    outputs are logits `[n, ways]`.
   """
   common.check_ways(ways)
   model, objective = as_model(embedding), ep.get_objective("cross_entropy")
@@ -50,13 +51,12 @@ def protonet(embedding: nn.Module | Model, *, ways: int) -> MetaLearner:
   def init(key, episode):
     return {"params": model.init(key, episode.support.x)}
 
-  def adapt(theta, support, key, num_steps=None):
-    del key, num_steps
+  def logits(params, prototypes, x):
+    return -squared_distances(model.apply(params, x), prototypes)
+
+  def adapt(theta, support, key):
+    del key
     z = model.apply(theta["params"], support.x)
-    return {"params": theta["params"], "prototypes": class_means(z, support, ways)}
+    return predictor(logits, theta["params"], class_means(z, support, ways))
 
-  def predict(task_params, x):
-    z = model.apply(task_params["params"], x)
-    return -squared_distances(z, task_params["prototypes"])
-
-  return common.scored_learner("protonet", init, adapt, predict, objective)
+  return common.scored_learner("protonet", init, adapt, objective)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from metalearn import episodes as ep
 from metalearn.algorithms import common
-from metalearn.core import MetaLearner
+from metalearn.core import MetaLearner, predictor
 from metalearn.models import Model, as_model
 from metalearn.models.relation import RelationEmbedding, RelationModule
 
@@ -50,8 +50,11 @@ def relation(
       same scores at a fraction of the first convolution's cost).
 
   Returns:
-    A `MetaLearner`; theta is `{"embedding", "relation"}`, `predict` gives
-    relation scores `[n, ways]`.
+    A `MetaLearner`; theta is `{"embedding", "relation"}`. The meta-loss is
+    the paper's squared error of the relation scores `[n, ways]` (in [0, 1])
+    to one-hot labels; `adapt` gives a predictor of their logarithms, logits
+    like every classifier's (the arg-max is the same, and the softmax is the
+    scores normalised over classes).
   """
   common.check_ways(ways)
   f = as_model(embedding or RelationEmbedding())
@@ -72,23 +75,31 @@ def relation(
     z = f.apply(params_f, episode.support.x)
     return {"embedding": params_f, "relation": g.init(k2, pairs(z[:ways], z))}
 
-  def adapt(theta, support, key, num_steps=None):
-    del key, num_steps
-    z = f.apply(theta["embedding"], support.x)
-    onehot = jax.nn.one_hot(support.y, ways, dtype=z.dtype) * support.mask[:, None]
-    classes = jnp.tensordot(onehot.T, z, axes=1)  # [ways, h, w, c]: sum per class
-    return {**theta, "classes": classes}
-
-  def predict(task_params, x):
-    z = f.apply(task_params["embedding"], x)
+  def scores(theta, classes, x):
+    z = f.apply(theta["embedding"], x)
     if isinstance(relation_module, RelationModule):  # same scores, first conv per map
       return relation_module.apply(
-        {"params": task_params["relation"]},
-        task_params["classes"],
-        z,
-        method=RelationModule.score,
+        {"params": theta["relation"]}, classes, z, method=RelationModule.score
       )
-    scores = g.apply(task_params["relation"], pairs(task_params["classes"], z))
-    return scores.reshape(x.shape[0], ways)
+    return g.apply(theta["relation"], pairs(classes, z)).reshape(x.shape[0], ways)
 
-  return common.scored_learner("relation", init, adapt, predict, OBJECTIVE)
+  def class_features(theta, support):
+    z = f.apply(theta["embedding"], support.x)
+    onehot = jax.nn.one_hot(support.y, ways, dtype=z.dtype) * support.mask[:, None]
+    return jnp.tensordot(onehot.T, z, axes=1)  # [ways, h, w, c]: sum per class
+
+  def log_scores(theta, classes, x):
+    return jnp.log(jnp.maximum(scores(theta, classes, x), jnp.finfo(jnp.float32).tiny))
+
+  def adapt(theta, support, key):
+    del key
+    return predictor(log_scores, theta, class_features(theta, support))
+
+  def meta_loss(theta, episode, key):
+    del key
+    ep.check_episode(episode, batched=False)
+    s = scores(theta, class_features(theta, episode.support), episode.query.x)
+    metrics = {f"query_{n}": fn(s, episode.query) for n, fn in OBJECTIVE.metrics.items()}
+    return OBJECTIVE.loss(s, episode.query), metrics
+
+  return MetaLearner(init, adapt, meta_loss, name="relation")

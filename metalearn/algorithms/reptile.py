@@ -20,7 +20,7 @@ import optax
 from metalearn import episodes as ep
 from metalearn import inner
 from metalearn.algorithms import common
-from metalearn.core import MetaLearner
+from metalearn.core import MetaLearner, predictor
 from metalearn.models import Model, as_model
 
 
@@ -30,7 +30,6 @@ def reptile(
   inner_lr: float = 0.01,
   inner_steps: int = 5,
   inner_optimizer: optax.GradientTransformation | None = None,
-  eval_steps: tuple[int, ...] = (0, 1, 10),
   objective: str | ep.Objective = "mse",
 ) -> MetaLearner:
   """Reptile with `inner_steps` steps of the inner optimizer on the support set.
@@ -40,32 +39,30 @@ def reptile(
     inner_lr: inner SGD step (ignored when `inner_optimizer` is given).
     inner_steps: k, inner steps per task during meta-training.
     inner_optimizer: any optax transformation for the inner loop.
-    eval_steps: inner step counts reported by `evaluate`.
     objective: `"mse"`, `"cross_entropy"` or an `episodes.Objective`.
 
   Returns:
     A `MetaLearner` with `meta_grad(theta, episode, key) -> ({"params": theta - phi}, metrics)`.
   """
   model, objective = as_model(model), ep.get_objective(objective)
-  fns = common.finetune_fns(
-    model,
-    objective,
-    optimizer=inner_optimizer or inner.sgd(inner_lr),
-    inner_steps=inner_steps,
-    eval_steps=eval_steps,
-  )
+  update = inner.fixed(inner_optimizer or inner.sgd(inner_lr))
+  run = common.inner_loop(model, objective, update=update, inner_steps=inner_steps)
 
-  def init(key, episode):
-    return {"params": model.init(key, episode.support.x)}
+  def adapt(theta, support, key):
+    del key
+    return predictor(model.apply, run(theta, support))
 
   def meta_loss(theta, episode, key):
-    phi = fns.adapt(theta, episode.support, key)
-    return common.query_loss(fns, objective, phi, episode.query)
+    ep.check_episode(episode, batched=False)
+    return common.query_loss(adapt(theta, episode.support, key), objective, episode.query)
 
   def meta_grad(theta, episode, key):
-    phi = fns.adapt(theta, episode.support, key)
-    loss, metrics = common.query_loss(fns, objective, phi, episode.query)
+    del key
+    ep.check_episode(episode, batched=False)
+    phi = run(theta, episode.support)
+    loss, metrics = common.query_loss(predictor(model.apply, phi), objective, episode.query)
     direction = jax.tree_util.tree_map(lambda t, p: t - p, theta["params"], phi)
     return {"params": direction}, {**metrics, "loss": loss}
 
-  return MetaLearner(init, fns.adapt, meta_loss, fns.predict, fns.evaluate, meta_grad, "reptile")
+  init = common.init_with_update(model, update)
+  return MetaLearner(init, adapt, meta_loss, meta_grad, "reptile")

@@ -2,8 +2,9 @@
 
 Written once and used by MAML and its relatives, Reptile and the fine-tuning
 baseline. The inner optimizer is any optax `GradientTransformation` (plain SGD
-by default); learned preconditioners (Meta-SGD, Meta-Curvature) enter as a
-function applied to the gradient before it.
+by default) and its state is carried through the scan; learned updates
+(Meta-SGD's rates, Meta-Curvature's preconditioner, a learned optimizer) are
+transformations built from theta (`metalearn.inner.learned`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import optax
 from metalearn.types import Params
 
 LossFn = Callable[[Params], jax.Array]
-Precondition = Callable[[Params], Params]
 
 
 def sgd(learning_rate: float) -> optax.GradientTransformation:
@@ -38,12 +38,11 @@ def gradient_descent(
   *,
   num_steps: int,
   optimizer: optax.GradientTransformation,
-  precondition: Precondition | None = None,
   first_order: bool = False,
   remat: bool = False,
   observe: Callable[[Params], jax.Array] | None = None,
 ) -> tuple[Params, jax.Array, jax.Array | None]:
-  """Runs `num_steps` inner updates `phi <- phi + opt(P(grad L(phi)))` as a `lax.scan`.
+  """Runs `num_steps` inner updates `phi <- phi + opt(grad L(phi))` as a `lax.scan`.
 
   Differentiable end to end: `jax.grad` through the result is second-order
   MAML. With `first_order=True` each inner gradient is treated as a constant
@@ -53,8 +52,8 @@ def gradient_descent(
     loss_fn: `params -> scalar` inner loss (closes over the support split).
     params: starting point phi_0 (theta for MAML).
     num_steps: number of updates, a static int >= 0.
-    optimizer: the inner optimizer.
-    precondition: optional `grads -> grads` applied before the optimizer.
+    optimizer: the inner optimizer (its state starts from `optimizer.init(params)`
+      and is carried from step to step).
     first_order: drop second-order terms from the meta-gradient.
     remat: rematerialise each step in the backward pass (`jax.checkpoint`),
       trading compute for memory that does not grow with stored activations.
@@ -74,8 +73,6 @@ def gradient_descent(
     loss, grads = jax.value_and_grad(loss_fn)(phi)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
-    if precondition is not None:
-      grads = precondition(grads)
     updates, opt_state = optimizer.update(grads, opt_state, phi)
     seen = observe(phi) if observe is not None else jnp.zeros([])
     return (optax.apply_updates(phi, updates), opt_state), (loss, seen)
@@ -88,40 +85,3 @@ def gradient_descent(
   if observe is None:
     return phi, losses, None
   return phi, losses, jnp.concatenate([seen, observe(phi)[None]])
-
-
-def adaptation_curve(
-  loss_fn: LossFn,
-  params: Params,
-  *,
-  steps: tuple[int, ...],
-  optimizer: optax.GradientTransformation,
-  metrics: dict[str, Callable[[Params], jax.Array]],
-  precondition: Precondition | None = None,
-) -> dict[str, jax.Array]:
-  """Query metrics after each of `steps` inner updates, from one inner run.
-
-  Args:
-    loss_fn: inner loss on the support split.
-    params: starting point.
-    steps: the step counts to report, e.g. `(0, 1, 10)`.
-    optimizer: the inner optimizer.
-    metrics: name -> `params -> scalar` on the query split.
-    precondition: as in `gradient_descent`.
-
-  Returns:
-    `{f"{name}@{k}": scalar}` for every metric and every k in `steps`.
-  """
-  if not steps or min(steps) < 0:
-    raise ValueError(f"eval steps must be non-empty and >= 0, got {steps}")
-  names = sorted(metrics)
-  observe = lambda p: jnp.stack([metrics[n](p) for n in names])
-  _, _, seen = gradient_descent(
-    loss_fn,
-    params,
-    num_steps=max(steps),
-    optimizer=optimizer,
-    precondition=precondition,
-    observe=observe,
-  )
-  return {f"{n}@{k}": seen[k, i] for i, n in enumerate(names) for k in steps}

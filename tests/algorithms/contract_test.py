@@ -3,8 +3,10 @@
 New algorithms are covered by registering them: the parameter list is read from
 `metalearn.algorithms.REGISTRY` when the tests are collected. A learner is built
 by the registry's calling convention, `factory(model, *, inner_lr, inner_steps,
-eval_steps, objective)`, on sinusoid regression; one that needs something else
-(another signature, classification episodes) gets an entry in `SETUPS`.
+objective)`, on sinusoid regression, and scored by the task family's evaluator
+(`metalearn.evaluation`, with an adaptation curve of learners built with each of
+`EVAL_STEPS` inner steps); one that needs something else (another signature,
+classification episodes) gets an entry in `SETUPS`.
 
 The invariances (vmap == loop, jit == eager, padding changes nothing) are exact in
 real arithmetic, so they are checked in float64 with tight tolerances: in float32,
@@ -24,7 +26,7 @@ import numpy as np
 import optax
 import pytest
 
-from metalearn import algorithms, core
+from metalearn import algorithms, core, evaluation
 from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP, Model, as_model
@@ -54,23 +56,27 @@ class Setup(NamedTuple):
   Attributes:
     learner: the learner under test.
     sample: `seed -> episodes [NUM_TASKS, ...]`, float32 numpy, all rows real.
-    metric: `(name, fn)` of a query metric that `evaluate` reports.
-    eval_steps: the inner-step counts `evaluate` reports the metric at (`name@k`),
+    metric: `(name, fn)` of a query metric that the evaluator reports.
+    eval_steps: the inner-step counts the evaluator reports the metric at (`name@k`),
       or None for a learner without inner steps (reported as `name`).
+    curve: `{k: learner with k inner steps}` for `eval_steps`, or the learner itself.
+    evaluate: the task family's one-task evaluator of `curve`.
   """
 
   learner: core.MetaLearner
   sample: Callable[[int], ep.Episode]
   metric: tuple[str, Callable[[jax.Array, ep.Split], jax.Array]]
   eval_steps: tuple[int, ...] | None
+  curve: Any
+  evaluate: core.EvaluateFn
 
 
 def _registry_convention(name):
   factory = algorithms.REGISTRY[name]
-  learner = factory(
-    MLP(hidden=(8,)), inner_lr=0.01, inner_steps=2, eval_steps=EVAL_STEPS, objective="mse"
-  )
-  return Setup(learner, _sinusoid, ("mse", ep.mse), EVAL_STEPS)
+  kwargs = dict(inner_lr=0.01, objective="mse")
+  learner = factory(MLP(hidden=(8,)), inner_steps=2, **kwargs)
+  curve = evaluation.curve(factory, EVAL_STEPS, MLP(hidden=(8,)), **kwargs)
+  return Setup(learner, _sinusoid, ("mse", ep.mse), EVAL_STEPS, curve, evaluation.regression(curve))
 
 
 def _classification(seed, ways=3, shots=2, queries=2, dim=4):
@@ -89,7 +95,10 @@ def _classification(seed, ways=3, shots=2, queries=2, dim=4):
 def _metric_setup(name):
   def setup():
     learner = algorithms.REGISTRY[name](MLP(hidden=(8,), out=5), ways=3)
-    return Setup(learner, _classification, ("accuracy", ep.accuracy), None)
+    metric = ("accuracy", ep.accuracy)
+    return Setup(
+      learner, _classification, metric, None, learner, evaluation.classification(learner)
+    )
 
   return setup
 
@@ -99,7 +108,8 @@ def _relation_setup():
   # A relation module without batch statistics, so masked rows cannot move it.
   module = Model(scorer.init, lambda p, pairs: jax.nn.sigmoid(scorer.apply(p, pairs))[:, 0])
   learner = algorithms.relation(MLP(hidden=(8,), out=5), ways=3, relation_module=module)
-  return Setup(learner, _classification, ("accuracy", ep.accuracy), None)
+  metric = ("accuracy", ep.accuracy)
+  return Setup(learner, _classification, metric, None, learner, evaluation.classification(learner))
 
 
 # name -> () -> Setup, for learners the registry's calling convention does not fit.
@@ -139,8 +149,8 @@ def _pad_with_garbage(batch, rng):
   return ep.Episode(pad(batch.support), pad(batch.query))
 
 
-def _per_task_outputs(learner, with_evaluate=True):
-  """One task -> meta-loss, its metrics, the meta-gradient and the evaluation metrics."""
+def _per_task_outputs(learner, evaluate=None):
+  """One task -> meta-loss, its metrics, the meta-gradient and (given `evaluate`) its metrics."""
 
   def outputs(theta, episode, key):
     if learner.meta_grad is None:
@@ -152,8 +162,8 @@ def _per_task_outputs(learner, with_evaluate=True):
       loss, metrics = learner.meta_loss(theta, episode, key)
       grad, grad_metrics = learner.meta_grad(theta, episode, key)
     out = {"loss": loss, "metrics": metrics, "grad": grad, "grad_metrics": grad_metrics}
-    if with_evaluate:
-      out["eval"] = learner.evaluate(theta, episode, key)
+    if evaluate is not None:
+      out["eval"] = evaluate(theta, episode, key)
     return out
 
   return outputs
@@ -180,7 +190,7 @@ def case(request):
     batch = _f64(setup.sample(0))
     theta = _f64(learner.init(jax.random.key(0), ep.task(batch, 0)))
     keys = jax.random.split(jax.random.key(1), NUM_TASKS)
-    outputs = _per_task_outputs(learner)
+    outputs = _per_task_outputs(learner, setup.evaluate)
     one = _jit(outputs)
     batched = _jit(jax.vmap(outputs, in_axes=(None, 0, 0)))
     want = jax.device_get(batched(theta, batch, keys))
@@ -195,11 +205,11 @@ def test_vmap_over_tasks_equals_python_loop(case, x64):
 
 
 def test_jit_equals_eager(case, x64):
-  # Op by op, with every `jit` and `scan` inside run as Python. `evaluate` (a 10-step curve) is
-  # left out to keep this cheap; its jit and vmap are checked in the other tests.
+  # Op by op, with every `jit` and `scan` inside run as Python. The evaluator (a 10-step curve)
+  # is left out to keep this cheap; its jit and vmap are checked in the other tests.
   episode, key = ep.task(case.batch, 1), case.keys[1]
   with jax.disable_jit():
-    eager = _per_task_outputs(case.learner, with_evaluate=False)(case.theta, episode, key)
+    eager = _per_task_outputs(case.learner)(case.theta, episode, key)
   jitted = case.one(case.theta, episode, key)
   del jitted["eval"]
   _close(eager, jitted)
@@ -248,17 +258,17 @@ def _eval_names(metric, steps):
 
 
 def test_evaluate_reports_query_metric_after_adapt(case, x64):
-  """`evaluate`'s `name@k` is the query metric of `predict(adapt(..., num_steps=k))`."""
+  """The evaluator's `name@k` is the query metric of the predictor adapted with k inner steps."""
   i = 2
   episode, key = ep.task(case.batch, i), case.keys[i]
   metric, fn = case.setup.metric
   got = {}
   for name, k in _eval_names(metric, case.setup.eval_steps).items():
+    learner = case.setup.curve if k is None else case.setup.curve[k]
     # Op by op (cheaper than compiling three inner loops), except k = 0: `disable_jit` cannot
     # run a zero-length `scan`.
     with jax.disable_jit(k != 0):
-      task_params = case.learner.adapt(case.theta, episode.support, key, num_steps=k)
-      predictions = case.learner.predict(task_params, episode.query.x)
+      predictions = learner.adapt(case.theta, episode.support, key)(episode.query.x)
     assert predictions.shape[:1] == episode.query.mask.shape
     got[name] = fn(predictions, episode.query)
   _close(got, {name: case.want["eval"][name][i] for name in got})

@@ -14,11 +14,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from metalearn import algorithms
+from metalearn import algorithms, evaluation, inner
 from metalearn import episodes as ep
-from metalearn.algorithms.maml import curvature_transform
+from metalearn.inner.learned import curvature_transform
 from metalearn.models import MLP, Model, as_model
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -84,8 +85,10 @@ def _vg(learner, theta, episode):
   return jax.value_and_grad(lambda t: learner.meta_loss(t, episode, jax.random.key(0))[0])(theta)
 
 
-def _adapt(learner, theta, support, num_steps=None):
-  return learner.adapt(theta, support, jax.random.key(0), num_steps=num_steps)
+def _adapt(learner, theta, support):
+  """The adapted weights phi: what the predictor `adapt` returns holds."""
+  (phi,) = learner.adapt(theta, support, jax.random.key(0)).args
+  return phi
 
 
 def _mlp_setup(seed=0, hidden=(8,)):
@@ -243,7 +246,8 @@ def test_metacurvature_one_step_closed_form():
 def test_anil_adapts_only_the_head_and_equals_maml_on_the_head():
   a, steps = 0.03, 2
   model, params, episode = _mlp_setup(hidden=(6,))
-  anil = algorithms.anil(model, inner_lr=a, inner_steps=steps, eval_steps=(0, 1, 3))
+  anil = algorithms.anil(model, inner_lr=a, inner_steps=steps)
+  anil_eval = evaluation.regression(evaluation.curve(algorithms.anil, (0, 1, 3), model, inner_lr=a))
   theta = {"params": params}
 
   def by_hand(body, head, episode):
@@ -259,15 +263,16 @@ def test_anil_adapts_only_the_head_and_equals_maml_on_the_head():
     body = {k: v for k, v in theta["params"].items() if k != "head"}
     # MAML on a model whose only parameters are the head, with this body fixed.
     head_model = Model(init=None, apply=lambda head, x: model.apply({**body, **head}, x))
-    maml_head = algorithms.maml(head_model, inner_lr=a, inner_steps=steps, eval_steps=(0, 1, 3))
+    maml_head = algorithms.maml(head_model, inner_lr=a, inner_steps=steps)
+    curve = evaluation.curve(algorithms.maml, (0, 1, 3), head_model, inner_lr=a)
     head_theta = {"params": {"head": theta["params"]["head"]}}
     return {
       "anil_phi": _adapt(anil, theta, episode.support),
       "anil": _vg(anil, theta, episode),
-      "anil_eval": anil.evaluate(theta, episode, None),
+      "anil_eval": anil_eval(theta, episode, None),
       "maml_phi": _adapt(maml_head, head_theta, episode.support),
       "maml": _vg(maml_head, head_theta, episode),
-      "maml_eval": maml_head.evaluate(head_theta, episode, None),
+      "maml_eval": evaluation.regression(curve)(head_theta, episode, None),
       "body_grad": jax.grad(by_hand)(body, head_theta["params"], episode),
     }
 
@@ -335,7 +340,6 @@ def test_three_inner_steps_equal_hand_unrolled_sgd():
       "want": jax.value_and_grad(unrolled, has_aux=True)(theta),
       "got": _vg(learner, theta, episode),
       "phi": _adapt(learner, theta, episode.support),
-      "phi_1": _adapt(learner, theta, episode.support, num_steps=1),
       "one_step_phi": _adapt(one_step, theta, episode.support),
     }
 
@@ -345,9 +349,8 @@ def test_three_inner_steps_equal_hand_unrolled_sgd():
   np.testing.assert_allclose(loss, want_loss, rtol=RTOL)
   _close(grad, want_grad)
   _close(out["phi"], want_phi)
-  # num_steps overrides the default.
-  _close(out["phi_1"], out["one_step_phi"])
-  assert not np.allclose(out["phi_1"]["head"]["kernel"], want_phi["head"]["kernel"])
+  # inner_steps is what the learner takes: one step is not three.
+  assert not np.allclose(out["one_step_phi"]["head"]["kernel"], want_phi["head"]["kernel"])
 
 
 def test_remat_gives_the_same_meta_gradient():
@@ -359,3 +362,93 @@ def test_remat_gives_the_same_meta_gradient():
   (loss, grad), (remat_loss, remat_grad) = run(theta, episode)
   np.testing.assert_allclose(remat_loss, loss, rtol=RTOL)
   _close(remat_grad, grad)
+
+
+# (7) The inner update is a transformation built from theta.
+
+
+def test_metasgd_with_its_rates_held_fixed_is_maml():
+  """Meta-SGD's learned rates at inner_lr everywhere give MAML's phi and loss (and its gradient)."""
+  a, steps = 0.03, 2
+  model, params, episode = _mlp_setup(seed=4)
+  metasgd = algorithms.metasgd(model, inner_lr=a, inner_steps=steps)
+  maml = algorithms.maml(model, inner_lr=a, inner_steps=steps)
+  initial = metasgd.init(jax.random.key(0), episode)["lr"]
+  assert jax.tree_util.tree_structure(initial) == jax.tree_util.tree_structure(params)
+  assert all(np.allclose(r, a) for r in jax.tree_util.tree_leaves(initial))
+  # The rates in the weights' dtype (float64 here), as `init` makes them from float64 weights.
+  theta = {"params": params, "lr": jax.tree_util.tree_map(lambda p: jnp.full_like(p, a), params)}
+
+  @_jit
+  def run(theta, episode):
+    frozen = lambda t: {"params": t, "lr": jax.lax.stop_gradient(theta["lr"])}
+    return {
+      "metasgd": jax.value_and_grad(lambda p: metasgd.meta_loss(frozen(p), episode, None)[0])(
+        theta["params"]
+      ),
+      "maml": _vg(maml, {"params": theta["params"]}, episode),
+      "metasgd_phi": _adapt(metasgd, theta, episode.support),
+      "maml_phi": _adapt(maml, {"params": theta["params"]}, episode.support),
+    }
+
+  out = run(theta, episode)
+  (loss, grad), (maml_loss, maml_grad) = out["metasgd"], out["maml"]
+  # The same arithmetic, up to the order XLA gives `-(a * g)` and `(-a) * g` inside one program
+  # (the last bit of a float64).
+  np.testing.assert_allclose(loss, maml_loss, rtol=1e-14)
+  _close(out["metasgd_phi"], out["maml_phi"], rtol=1e-14, atol=1e-15)
+  _close(grad, maml_grad["params"], rtol=1e-13, atol=1e-13)
+
+
+def test_an_inner_optimizer_with_state_is_carried_through_the_inner_loop():
+  """MAML with Adam inside equals Adam's updates written out step by step."""
+  steps, lr = 3, 0.05
+  model, params, episode = _mlp_setup(seed=5)
+  learner = algorithms.maml(model, inner_steps=steps, inner_optimizer=optax.adam(lr))
+
+  def by_hand(params):
+    loss = lambda p: ep.mse(model.apply(p, episode.support.x), episode.support)
+    opt = optax.adam(lr)
+    state = opt.init(params)
+    for _ in range(steps):
+      updates, state = opt.update(jax.grad(loss)(params), state, params)
+      params = optax.apply_updates(params, updates)
+    return ep.mse(model.apply(params, episode.query.x), episode.query), params
+
+  theta = {"params": params}
+  (want_loss, want_phi), want_grad = _jit(jax.value_and_grad(by_hand, has_aux=True))(params)
+  loss, grad = _jit(lambda t, e: _vg(learner, t, e))(theta, episode)
+  np.testing.assert_allclose(loss, want_loss, rtol=RTOL)
+  _close(grad["params"], want_grad)
+  _close(_jit(lambda t, s: _adapt(learner, t, s))(theta, episode.support), want_phi)
+  # Adam is not SGD: its steps differ from SGD's at the same rate.
+  sgd = algorithms.maml(model, inner_steps=steps, inner_lr=lr)
+  assert not np.isclose(float(_jit(lambda t, e: _vg(sgd, t, e))(theta, episode)[0]), float(loss))
+
+
+def test_a_learned_update_is_meta_learned_jointly_with_the_initialisation():
+  """A user's `inner.LearnedUpdate` (a learned scalar step) gets its meta-gradient in theta."""
+  model, params, episode = _mlp_setup(seed=6)
+
+  def init(key, fast):
+    del key, fast
+    return jnp.asarray(0.02, jnp.float64)
+
+  def transform(step):
+    return optax.scale(-step)
+
+  update = inner.LearnedUpdate(init, transform, name="step")
+  learner = algorithms.maml(model, inner_steps=2, inner_optimizer=update)
+  theta = learner.init(jax.random.key(0), episode)
+  assert set(theta) == {"params", "step"}
+  theta = {"params": params, "step": theta["step"]}
+  fixed = algorithms.maml(model, inner_steps=2, inner_lr=0.02)
+  loss, grad = _jit(lambda t, e: _vg(learner, t, e))(theta, episode)
+  fixed_loss, _ = _jit(lambda t, e: _vg(fixed, t, e))({"params": params}, episode)
+  np.testing.assert_allclose(loss, fixed_loss, rtol=RTOL)
+  # d loss / d step by central differences.
+  eps = 1e-6
+  f = _jit(lambda s: learner.meta_loss({"params": params, "step": s}, episode, None)[0])
+  fd = (f(theta["step"] + eps) - f(theta["step"] - eps)) / (2 * eps)
+  np.testing.assert_allclose(grad["step"], fd, rtol=1e-5)
+  assert abs(float(grad["step"])) > 0

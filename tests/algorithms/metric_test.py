@@ -27,9 +27,10 @@ def test_protonet_logits_equal_hand_computation():
   query = _split([[1.0, 1.0], [0.0, 2.0]], [0, 1])
   learner = algorithms.protonet(IDENTITY, ways=2)
   task = learner.adapt({"params": {}}, support, jax.random.PRNGKey(0))
+  _, prototypes = task.args  # the predictor holds the embedding's params and the prototypes
   # Prototypes: mean of class 0 = (1, 0); class 1 = (0, 3) (the masked row is ignored).
-  np.testing.assert_allclose(task["prototypes"], [[1.0, 0.0], [0.0, 3.0]])
-  logits = learner.predict(task, query.x)
+  np.testing.assert_allclose(prototypes, [[1.0, 0.0], [0.0, 3.0]])
+  logits = task(query.x)
   want = -np.array([[1.0, 1.0 + 4.0], [1.0 + 4.0, 1.0]])
   np.testing.assert_allclose(logits, want, rtol=1e-6)
   loss, metrics = learner.meta_loss({"params": {}}, ep.Episode(support, query), None)
@@ -56,7 +57,7 @@ def test_matching_predicts_attention_weighted_labels():
   support = _split([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [0, 1, 1])
   query = _split([[2.0, 0.1]], [0])
   learner = algorithms.matching(IDENTITY, ways=2, eps=0.0)
-  log_p = learner.predict(learner.adapt({"params": {}}, support, None), query.x)
+  log_p = learner.adapt({"params": {}}, support, None)(query.x)
   a = attention(jnp.asarray(query.x), jnp.asarray(support.x), support.mask)[0]
   np.testing.assert_allclose(np.exp(log_p[0]), [a[0], a[1] + a[2]], rtol=1e-6)
 
@@ -74,9 +75,10 @@ def test_relation_sums_class_features_and_scores_every_pair():
   query = _split([[10.0], [20.0]], [1, 0])
   theta = {"embedding": {}, "relation": {"w": jnp.ones([])}}
   task = learner.adapt(theta, support, None)
-  np.testing.assert_allclose(task["classes"], [[3.0], [5.0]])  # sums, not means
-  scores = learner.predict(task, query.x)
-  np.testing.assert_allclose(scores, [[13.0, 15.0], [23.0, 25.0]])
+  _, classes = task.args
+  np.testing.assert_allclose(classes, [[3.0], [5.0]])  # sums, not means
+  # The predictor gives logits, the logarithms of the relation scores.
+  np.testing.assert_allclose(np.exp(task(query.x)), [[13.0, 15.0], [23.0, 25.0]], rtol=1e-6)
   np.testing.assert_allclose(seen[-1], [[3, 10], [5, 10], [3, 20], [5, 20]])
   # Relation loss: squared error to the one-hot label, summed over classes, mean over rows.
   want = np.mean([(13 - 0) ** 2 + (15 - 1) ** 2, (23 - 1) ** 2 + (25 - 0) ** 2])
@@ -110,7 +112,7 @@ def test_relation_default_module_scores_like_the_generic_pair_path():
   support = _split(rng.random((6, 28, 28, 1)), [0, 1, 2, 0, 1, 2])
   query = _split(rng.random((5, 28, 28, 1)), [0, 1, 2, 0, 1])
   theta = fast.init(jax.random.PRNGKey(0), ep.Episode(support, query))
-  want = generic.predict(generic.adapt(theta, support, None), query.x)
-  got = fast.predict(fast.adapt(theta, support, None), query.x)
+  want = generic.adapt(theta, support, None)(query.x)
+  got = fast.adapt(theta, support, None)(query.x)
   assert got.shape == (5, 3)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metalearn import algorithms
+from metalearn import algorithms, evaluation
 from metalearn import episodes as ep
 from metalearn.models import Model
 
@@ -76,15 +76,19 @@ def test_adapt_is_k_sgd_steps_on_the_support_set():
   lr, k = 0.1, 3
   episode = _episode(seed=2)
   w = np.random.default_rng(3).normal(size=(D_IN, D_OUT))
-  learner = algorithms.pretrain(LINEAR, inner_lr=lr, inner_steps=k, eval_steps=(0, 1, 4))
+  learner = algorithms.pretrain(LINEAR, inner_lr=lr, inner_steps=k)
+  one_step = algorithms.pretrain(LINEAR, inner_lr=lr, inner_steps=1)
+  evaluate = evaluation.regression(
+    evaluation.curve(algorithms.pretrain, (0, 1, 4), LINEAR, inner_lr=lr)
+  )
   theta = {"params": {"w": jnp.asarray(w)}}
 
   @_jit
   def run(theta, episode):
     return (
-      learner.adapt(theta, episode.support, None),
-      learner.adapt(theta, episode.support, None, num_steps=1),
-      learner.evaluate(theta, episode, None),
+      learner.adapt(theta, episode.support, None).args[0],
+      one_step.adapt(theta, episode.support, None).args[0],
+      evaluate(theta, episode, None),
     )
 
   phi, phi_1, metrics = run(theta, episode)

@@ -1,0 +1,42 @@
+"""Helpers of the config files (not a config itself): the method argument and the learner block."""
+
+from ml_collections import config_dict
+
+from metalearn import algorithms
+
+
+def parse_arg(arg: str | None, default_method: str) -> tuple[str, bool]:
+  """`"imaml,smoke"` -> `("imaml", True)`: the config file's argument, a method and/or `smoke`.
+
+  `--config=experiments/configs/sinusoid.py:imaml` builds the config of that
+  method (its learner block holds that method's hyperparameters);
+  `...:smoke` the few-step variant CI runs; `...:imaml,smoke` both.
+
+  Raises:
+    ValueError: for a part that is neither `smoke` nor a registered method.
+  """
+  method, smoke = default_method, False
+  for part in filter(None, (arg or "").split(",")):
+    if part == "smoke":
+      smoke = True
+    elif part in algorithms.REGISTRY:
+      method = part
+    else:
+      raise ValueError(
+        f"unknown config argument {part!r}; give 'smoke' and/or a method: "
+        f"{', '.join(algorithms.REGISTRY)}"
+      )
+  return method, smoke
+
+
+def learner_block(method: str, **settings) -> config_dict.ConfigDict:
+  """`config.learner`: every hyperparameter of `method`, None meaning the factory's default.
+
+  Each field is typed as its default, so `--config.learner.lam=0.01` parses;
+  `settings` are this task's values (the paper's), set where the method has
+  the hyperparameter and ignored where it has not.
+  """
+  block = config_dict.ConfigDict()
+  for name, default in algorithms.hyperparameters(method).items():
+    block[name] = settings.get(name, config_dict.placeholder(type(default)))
+  return block
