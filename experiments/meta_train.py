@@ -4,6 +4,11 @@ r"""Meta-trains one method on one task family from a config.
       --workdir=runs/sinusoid_maml [--config.method=metasgd --config.shots=5]
 
 Running the same command again resumes from the last checkpoint in --workdir.
+On SIGTERM the run saves a checkpoint at its last completed step, prints where
+it stopped and exits with status 143; the same command resumes from there.
+Expected failures (divergence, another process on the workdir, an unwritable
+workdir, unreadable data) print one line `error: ...` and exit with status 1
+(--verbose: with the traceback).
 
 The same command runs on one CPU, one or several GPUs, a TPU, and on every
 process of a multi-host job (TPU-VM pod, SLURM cluster): there the binary first
@@ -17,7 +22,9 @@ launch environment asks for it (see --distributed, and launch/README.md):
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 from collections.abc import Mapping
 
 import jax
@@ -25,7 +32,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import train
-from metalearn import parallel
+from metalearn import parallel, training
+
+# The exit status after SIGTERM (128 + 15, as a process killed by it): the run
+# stopped early, with a checkpoint to resume from.
+PREEMPTED_EXIT_CODE = 143
 
 _CONFIG = config_flags.DEFINE_config_file("config", lock_config=True, help_string="config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics, eval.json)")
@@ -47,6 +58,12 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 )
 _PROCESS_ID = flags.DEFINE_integer(
   "process_id", None, "this process's index, 0..num_processes-1 (env JAX_PROCESS_ID)"
+)
+_VERBOSE = flags.DEFINE_bool(
+  "verbose",
+  False,
+  "show the traceback of expected failures too (divergence, a locked or unwritable workdir, "
+  "bad data), which are otherwise one line `error: ...`",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -138,6 +155,44 @@ def apply_host_cores(num_host: int) -> None:
   )
 
 
+def expected_failure(e: BaseException, workdir: str) -> str | None:
+  """The one-line message of an expected failure (bad data, divergence, ...); None for a bug.
+
+  Expected: divergence and too many skipped steps (`FloatingPointError`),
+  another process on the workdir, a checkpoint that cannot be written, an
+  unwritable workdir (an `OSError` on a path inside it, a full disk or a
+  read-only file system), a missing file, and the errors the data loaders and
+  the training loop raise on purpose (`ValueError`, `ImportError`,
+  `RuntimeError` raised in `metalearn/data` or `metalearn/training`).
+  """
+  message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+  if isinstance(
+    e, (FloatingPointError, training.WorkdirLockedError, training.CheckpointWriteError)
+  ):
+    return message
+  if isinstance(e, FileNotFoundError):
+    return message
+  if isinstance(e, OSError):
+    inside = [
+      f
+      for f in (e.filename, e.filename2)
+      if f is not None
+      and os.path.abspath(os.fsdecode(f)).startswith(os.path.abspath(workdir).rstrip(os.sep))
+    ]
+    if inside or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+      return f"cannot write in --workdir={workdir}: {message}"
+    return None
+  if isinstance(e, (ValueError, ImportError, RuntimeError)):
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    parts = os.path.normpath(where).split(os.sep)
+    if "metalearn" in parts and parts[parts.index("metalearn") + 1] in ("data", "training"):
+      return message
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -161,10 +216,23 @@ def main(argv):
     train.validate(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
+  except OSError as e:  # e.g. an unreadable config.json in the workdir
+    _fail(e)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except FileNotFoundError as e:  # missing data folder: say what is missing, in one line
-    raise SystemExit(f"error: {e}") from None
+  except training.Preempted as e:  # SIGTERM: a checkpoint was saved; the same command resumes
+    print(str(e), file=sys.stderr, flush=True)
+    raise SystemExit(PREEMPTED_EXIT_CODE) from None
+  except Exception as e:
+    _fail(e)
+
+
+def _fail(e: Exception) -> None:
+  """Exits with one line `error: ...` for an expected failure; re-raises a bug (or --verbose)."""
+  message = expected_failure(e, _WORKDIR.value)
+  if message is None or _VERBOSE.value:
+    raise e
+  raise SystemExit(f"error: {message}") from None
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ class NonfiniteSteps:
     if self.mode == "raise":
       raise FloatingPointError(
         f"[{self.name}] non-finite meta-loss or meta-gradient at step {step} ({values}) after "
-        f"{index} completed steps; training stopped and theta was not updated. "
+        f"{index} completed step{'s' if index != 1 else ''}; training stopped and theta was "
+        "not updated. "
         f"{self._kept(checkpoint)} To go on: lower the learning rate in a new workdir (this "
         "one refuses a changed learning rate), or skip such steps with on_nonfinite='skip' "
         f"(--config.on_nonfinite=skip) in this workdir{self._from(checkpoint)}."
