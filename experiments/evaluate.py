@@ -160,7 +160,7 @@ def _test_sampler(config) -> EpisodicSampler:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # orbax warns about the read-only restore
   f = flags.FLAGS
   try:
     report = evaluate(

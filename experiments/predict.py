@@ -406,7 +406,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # keep orbax quiet
+  logging.set_verbosity(logging.ERROR)  # keep orbax quiet (it warns of the read-only restore)
   f = flags.FLAGS
   try:
     check_output_dir(f.output_dir)  # before the model runs, not after

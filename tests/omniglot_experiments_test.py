@@ -88,5 +88,5 @@ def test_full_configs_validate(tmp_path, module):
   config = module.get_config()
   assert config.num_eval_tasks == 1000 and config.split_protocol == "vinyals"
   train.validate(config, str(tmp_path / "run"))
-  with pytest.raises(ValueError, match="variant"):
+  with pytest.raises(ValueError, match="unknown config argument"):
     module.get_config("big")

@@ -179,7 +179,7 @@ def test_class_probabilities_from_the_outputs():
   np.testing.assert_allclose(probs, [[1 / 3] * 3, [1, 0, 0], [2 / 3, 1 / 3, 0]], atol=1e-12)
   np.testing.assert_allclose(scores, [1 / 3, 1, 2 / 3], atol=1e-12)
   np.testing.assert_allclose(entropy, [1.0, 0.0, _entropy([2 / 3, 1 / 3, 0], 3)], atol=1e-12)
-  relation = np.log(np.array([[0.9, 0.05, 0.05], [0.01, 0.01, 0.01], [0.3, 0.1, 0.0]]))
+  relation = np.log(np.array([[0.9, 0.05, 0.05], [0.01, 0.01, 0.01], [0.3, 0.1, 1e-30]]))
   probs, scores, entropy = predict.class_probabilities(relation)
   np.testing.assert_allclose(probs, [[0.9, 0.05, 0.05], [1 / 3] * 3, [0.75, 0.25, 0.0]], atol=1e-12)
   np.testing.assert_allclose(scores, [0.9, 1 / 3, 0.75], atol=1e-12)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from metalearn import algorithms, core, models
+from metalearn import algorithms, core, evaluation, models
 from metalearn import episodes as ep
 from metalearn.algorithms.imaml import imaml
 from metalearn.algorithms.maml import maml
@@ -58,8 +58,6 @@ def test_registered():
     ({"solver": "cholesky"}, "solver"),
     ({"inner_steps": -1}, "inner_steps"),
     ({"inner_lr": 0.0}, "inner_lr"),
-    ({"eval_steps": ()}, "eval_steps"),
-    ({"inner_clip": 0.0}, "inner_clip"),
     ({"inner_clip": -1.0}, "inner_clip"),
   ],
 )
@@ -80,21 +78,22 @@ def test_meta_gradient_matches_unrolled_inner_loop_at_convergence():
   # contracts by about 1 - lr * (lam - 11) per step, so 600 steps converge.
   lam, lr, steps = 20.0, 0.005, 600
   learner = imaml(models.MLP(hidden=(8,)), inner_lr=lr, inner_steps=steps, lam=lam, cg_steps=30)
+  apply = models.as_model(models.MLP(hidden=(8,))).apply
   episode = ep.task(sinusoid_batch(1), 0)
   with x64():
     episode = f64(episode)
     theta = f64(learner.init(KEY, episode))
 
     def unrolled(theta):
-      support_loss = lambda phi: ep.mse(learner.predict(phi, episode.support.x), episode.support)
+      support_loss = lambda phi: ep.mse(apply(phi, episode.support.x), episode.support)
       phi = implicit.proximal_solve(
         support_loss, theta["params"], lam=lam, num_steps=steps, optimizer=optax.sgd(lr)
       )
-      return ep.mse(learner.predict(phi, episode.query.x), episode.query), phi
+      return ep.mse(apply(phi, episode.query.x), episode.query), phi
 
     def through_adapt(theta):
-      phi = learner.adapt(theta, episode.support, KEY)
-      return ep.mse(learner.predict(phi, episode.query.x), episode.query)
+      predict = learner.adapt(theta, episode.support, KEY)
+      return ep.mse(predict(episode.query.x), episode.query)
 
     (loss, metrics), g = jax.jit(jax.value_and_grad(learner.meta_loss, has_aux=True))(
       theta, episode, KEY
@@ -102,7 +101,7 @@ def test_meta_gradient_matches_unrolled_inner_loop_at_convergence():
     (loss_unrolled, phi), g_unrolled = jax.jit(jax.value_and_grad(unrolled, has_aux=True))(theta)
     g_adapt = jax.jit(jax.grad(through_adapt))(theta)
     # The first-order answer, the query gradient at phi*.
-    g_first = jax.grad(lambda p: ep.mse(learner.predict(p, episode.query.x), episode.query))(phi)
+    g_first = jax.grad(lambda p: ep.mse(apply(p, episode.query.x), episode.query))(phi)
   assert set(metrics) == {"query_mse", "cg_residual", "inner_grad_norm"}
   np.testing.assert_allclose(float(loss), float(loss_unrolled), rtol=1e-10)
   assert float(metrics["inner_grad_norm"]) < 1e-8
@@ -114,19 +113,20 @@ def test_meta_gradient_matches_unrolled_inner_loop_at_convergence():
 
 
 def test_evaluate_reports_proximal_adaptation():
-  learner = imaml(models.MLP(hidden=(16,)), inner_lr=0.02, lam=2.0, eval_steps=(0, 1, 5))
-  plain = maml(models.MLP(hidden=(16,)), inner_lr=0.02, eval_steps=(0, 1, 5))
+  net = models.MLP(hidden=(16,))
+  curve = evaluation.curve(imaml, (0, 1, 5), net, inner_lr=0.02, lam=2.0)
+  plain = evaluation.curve(maml, (0, 1, 5), net, inner_lr=0.02)
   episode = ep.task(sinusoid_batch(1, seed=1), 0)
-  theta = learner.init(KEY, episode)
-  metrics = jax.jit(learner.evaluate)(theta, episode, KEY)
+  theta = curve[0].init(KEY, episode)
+  metrics = jax.jit(evaluation.regression(curve))(theta, episode, KEY)
   assert set(metrics) == {"mse@0", "mse@1", "mse@5"}
-  adapt = jax.jit(learner.adapt, static_argnames="num_steps")
+  apply = models.as_model(net).apply
   for k in (0, 1, 5):
-    phi = adapt(theta, episode.support, KEY, num_steps=k)
-    expected = ep.mse(learner.predict(phi, episode.query.x), episode.query)
+    (phi,) = jax.jit(curve[k].adapt)(theta, episode.support, KEY).args
+    expected = ep.mse(apply(phi, episode.query.x), episode.query)
     np.testing.assert_allclose(metrics[f"mse@{k}"], expected, rtol=1e-5)
   # The proximal term is zero at phi = theta: the first step is plain fine-tuning's.
-  plain_metrics = jax.jit(plain.evaluate)(theta, episode, KEY)
+  plain_metrics = jax.jit(evaluation.regression(plain))(theta, episode, KEY)
   np.testing.assert_allclose(metrics["mse@1"], plain_metrics["mse@1"], rtol=1e-6)
   assert abs(float(metrics["mse@5"]) - float(plain_metrics["mse@5"])) > 1e-6
 
@@ -239,16 +239,16 @@ def test_inner_clip_bounds_each_step_and_is_inert_when_loose(sinusoid_batch):
   plain = imaml(models.MLP(hidden=(16,)), inner_lr=0.02, inner_steps=1, lam=1.0)
   theta = plain.init(jax.random.PRNGKey(0), episode)
   key = jax.random.PRNGKey(1)
-  phi = plain.adapt(theta, episode.support, key)
+  (phi,) = plain.adapt(theta, episode.support, key).args
   step = optax.global_norm(jax.tree_util.tree_map(jnp.subtract, phi, theta["params"]))
   assert float(step) > 0.02 * 0.1  # the unclipped gradient is longer than the clip below
   clipped = imaml(models.MLP(hidden=(16,)), inner_lr=0.02, inner_steps=1, lam=1.0, inner_clip=0.1)
-  phi_c = clipped.adapt(theta, episode.support, key)
+  (phi_c,) = clipped.adapt(theta, episode.support, key).args
   step_c = optax.global_norm(jax.tree_util.tree_map(jnp.subtract, phi_c, theta["params"]))
   np.testing.assert_allclose(float(step_c), 0.02 * 0.1, rtol=1e-5)
   loose = imaml(models.MLP(hidden=(16,)), inner_lr=0.02, inner_steps=1, lam=1.0, inner_clip=1e6)
   for a, b in zip(
-    jax.tree_util.tree_leaves(loose.adapt(theta, episode.support, key)),
+    jax.tree_util.tree_leaves(loose.adapt(theta, episode.support, key).args),
     jax.tree_util.tree_leaves(phi),
     strict=True,
   ):
