@@ -81,9 +81,7 @@ MB = 2**20
 
 
 def make_learner(method: str, inner_steps: int) -> core.MetaLearner:
-  common_args = dict(
-    inner_lr=INNER_LR, inner_steps=inner_steps, objective="cross_entropy"
-  )
+  common_args = dict(inner_lr=INNER_LR, inner_steps=inner_steps, objective="cross_entropy")
   model = Conv4(ways=WAYS)
   if method == "imaml":
     return algorithms.get("imaml")(model, lam=_LAM.value, cg_steps=_CG.value, **common_args)

@@ -116,6 +116,10 @@ def test_sharded_training_equals_single_device_and_resumes():
   _child("meta_train")
 
 
+def test_sharded_dict_tasks_equal_single_device():
+  _child("dict_tasks")
+
+
 def test_indivisible_meta_batch_is_a_clear_error():
   _child("errors")
 
@@ -278,7 +282,34 @@ def _case_errors():
   assert not os.path.exists(f"{tmp}/a/eval.json") and not os.path.exists(f"{tmp}/b")
 
 
+def _case_dict_tasks():
+  """A task batch that is a plain dict, with a key-drawing adapt: sharded == single device."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import general_core_test as toy
+
+  learner, optimizer = toy.gaussian_start_learner(), optax.adam(0.05)
+  batch = toy.sample_tasks(np.random.default_rng(0), 2 * NUM_DEVICES)
+  state0 = core.init_state(learner, optimizer, jax.random.PRNGKey(1), core.task(batch, 0))
+  step = core.make_meta_step(learner, optimizer)
+  mesh = parallel.make_mesh()
+  repl, tasks = parallel.replicated(mesh), parallel.task_sharded(mesh)
+  global_batch = parallel.put_global_batch(batch, mesh)
+  assert global_batch["x"].sharding.shard_shape(global_batch["x"].shape)[0] == 2
+  sharded = jax.jit(step, in_shardings=(repl, tasks), out_shardings=(repl, repl))
+  s1, s2 = state0, parallel.replicate(state0, mesh)
+  for _ in range(3):
+    s1, m1 = jax.jit(step)(s1, batch)
+    s2, m2 = sharded(s2, global_batch)
+    _close(m1, m2)
+    _close(s1, s2)
+
+
 if __name__ == "__main__":
   case = sys.argv[1]
-  {"meta_step": _case_meta_step, "meta_train": _case_meta_train, "errors": _case_errors}[case]()
+  {
+    "meta_step": _case_meta_step,
+    "meta_train": _case_meta_train,
+    "errors": _case_errors,
+    "dict_tasks": _case_dict_tasks,
+  }[case]()
   print(f"OK {case}", flush=True)
