@@ -23,15 +23,10 @@ import optax
 
 from experiments import train
 from experiments.configs import sinusoid
-from metalearn import algorithms, training
+from metalearn import algorithms, evaluation, training
 from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
-
-try:  # task-family evaluators, where the library has them
-  from metalearn import evaluation
-except ImportError:
-  evaluation = None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "configs", "sinusoid.py")
@@ -150,7 +145,9 @@ def _train(workdir, num_steps, sampler):
   return training.meta_train(
     learner,
     sampler,
-    **({} if evaluation is None else {"evaluate": evaluation.regression(learner)}),
+    evaluate=evaluation.regression(
+      evaluation.curve(algorithms.maml, (0, 1, 10), MLP(hidden=(8,)), inner_lr=0.01)
+    ),
     optimizer=optax.adam(1e-3),
     num_steps=num_steps,
     meta_batch_size=4,

@@ -21,14 +21,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from metalearn import algorithms, training
+from metalearn import algorithms, evaluation, training
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
-
-try:  # task-family evaluators, where the library has them
-  from metalearn import evaluation
-except ImportError:
-  evaluation = None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "configs", "sinusoid.py")
@@ -51,8 +46,9 @@ def _train(workdir, num_steps, sampler=TASKS.sample, **kwargs):
     eval_batch_size=5,
     verbose=False,
   )
-  if evaluation is not None:
-    args["evaluate"] = evaluation.regression(learner)
+  args["evaluate"] = evaluation.regression(
+    evaluation.curve(algorithms.maml, (0, 1, 10), MLP(hidden=(8,)), inner_lr=0.01)
+  )
   args.update(kwargs)
   return training.meta_train(learner, sampler, **args)
 

@@ -8,28 +8,25 @@ import numpy as np
 import optax
 import pytest
 
-from metalearn import algorithms, training
+from metalearn import algorithms, evaluation, training
 from metalearn.data.sinusoid import Sinusoid
 from metalearn.models import MLP
 from metalearn.training import progress
 
-try:  # task-family evaluators, where the library has them
-  from metalearn import evaluation
-except ImportError:
-  evaluation = None
-
 TASKS = Sinusoid(shots=5, queries=5)
 
 
-def evaluator(learner):
-  """`meta_train`'s `evaluate` argument for a regression learner (empty: its own)."""
-  return {} if evaluation is None else {"evaluate": evaluation.regression(learner)}
+def _evaluator():
+  """Query MSE after 0, 1 and 10 inner steps (`mse@k`)."""
+  return evaluation.regression(
+    evaluation.curve(algorithms.maml, (0, 1, 10), MLP(hidden=(8,)), inner_lr=0.01)
+  )
 
 
 def _train(workdir, num_steps, sampler=TASKS.sample, **kwargs):
   learner = algorithms.maml(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=1)
   args = dict(
-    **evaluator(learner),
+    evaluate=_evaluator(),
     optimizer=optax.adam(1e-3),
     num_steps=num_steps,
     meta_batch_size=4,
@@ -83,11 +80,20 @@ def test_resume_equals_uninterrupted_run(tmp_path):
   assert steps == sorted(steps), "resumed logs read as one run"
 
 
+def _rows(workdir):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for row in rows:
+    row.pop("steps_per_sec", None)  # wall-clock
+  return rows
+
+
 def test_rerun_of_finished_run_does_not_train(tmp_path):
   first = _train(tmp_path, 10)
+  rows = _rows(tmp_path)
   again = _train(tmp_path, 10)
   for a, b in zip(_leaves(first.state), _leaves(again.state), strict=True):
     np.testing.assert_array_equal(a, b)
+  assert _rows(tmp_path) == rows, "the final evaluation's line is written once"
 
 
 def test_steps_per_call_equals_one_step_per_call(tmp_path):

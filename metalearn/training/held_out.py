@@ -14,15 +14,9 @@ from metalearn.training.sampling import num_tasks
 Summary = dict[str, dict[str, Any]]
 
 
-def make_eval_step(
-  learner: core.MetaLearner, evaluate: Callable[..., Any] | None, strategy: str
-) -> Callable[..., Any]:
-  """The per-task evaluation step `(theta, tasks [T, ...], key) -> metrics [T]`.
-
-  `evaluate` is a task family's one-task evaluator; without one, the learner's
-  own evaluation is used.
-  """
-  return core.make_eval_step(learner if evaluate is None else evaluate, strategy=strategy)
+def make_eval_step(evaluate: core.EvaluateFn, strategy: str) -> Callable[..., Any]:
+  """The per-task evaluation step `(theta, tasks [T, ...], key) -> metrics [T]`."""
+  return core.make_eval_step(evaluate, strategy=strategy)
 
 
 def sharded(eval_step: Callable[..., Any], mesh: jax.sharding.Mesh) -> Callable[..., Any]:

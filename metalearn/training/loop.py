@@ -210,11 +210,11 @@ def meta_train(
   learner: core.MetaLearner,
   sampler: sampling.Sampler,
   *,
+  evaluate: core.EvaluateFn,
   optimizer: optax.GradientTransformation,
   num_steps: int,
   meta_batch_size: int,
   workdir: str,
-  evaluate: Callable[..., Any] | None = None,
   seed: int = 0,
   eval_sampler: sampling.Sampler | None = None,
   val_sampler: sampling.Sampler | None = None,
@@ -237,16 +237,17 @@ def meta_train(
 
   Args:
     learner: the algorithm.
-    sampler: `(rng, num_tasks) -> tasks [T, ...]` (numpy, host side).
+    sampler: `(rng, num_tasks) -> tasks [T, ...]` (numpy, host side), any
+      PyTree with a leading task axis.
+    evaluate: the task family's one-task evaluator, `(theta, task, key) ->
+      {name: scalar}` (`metalearn.evaluation`), for validation and the final
+      evaluation.
     optimizer: outer optimizer.
     num_steps: total meta-steps (a resumed run continues up to this).
     meta_batch_size: tasks per meta-step.
     workdir: where checkpoints, `metrics.jsonl`, TensorBoard events and
       `eval.json` go. While the run lasts, `<workdir>/lock` names its process;
       a second run on the same workdir raises `WorkdirLockedError`.
-    evaluate: the task family's one-task evaluator `(theta, task, key) ->
-      {name: scalar}` for validation and the final evaluation (default: the
-      learner's own).
     seed: seeds parameters, episodes and PRNG keys.
     eval_sampler: sampler of held-out episodes for the final evaluation
       (default: `sampler`).
@@ -327,7 +328,7 @@ def meta_train(
     workdir=workdir,
     seed=seed,
     schedule=Schedule(num_steps, log_every, eval_every, checkpoint_every, steps_per_call),
-    eval_step=held_out.make_eval_step(learner, evaluate, strategy),
+    eval_step=held_out.make_eval_step(evaluate, strategy),
     val_batches=lambda: sampling.fixed_batches(
       val_sampler or eval_sampler, seed, sampling.VAL_STREAM, num_val_tasks, eval_batch_size
     ),

@@ -46,11 +46,16 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def kept_rows(path: str, resume_step: int) -> list[str]:
-  """The lines of a `metrics.jsonl` up to `resume_step` (a line cut short is dropped)."""
+  """The lines of a `metrics.jsonl` a run resumed at `resume_step` keeps.
+
+  Those of later steps go, and so does a final evaluation (`eval/` metrics)
+  at `resume_step`, which the resumed run does again; a line cut short is
+  dropped too.
+  """
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [line for line in f if _step_of(line) <= resume_step]
+    return [line for line in f if _kept(line, resume_step)]
 
 
 def last_values(path: str, resume_step: int) -> dict[str, Any]:
@@ -146,6 +151,13 @@ class NullWriter:
 
   def close(self) -> None:
     """Nothing was opened."""
+
+
+def _kept(line: str, resume_step: int) -> bool:
+  step = _step_of(line)
+  if step == resume_step:
+    return not any(k.startswith("eval/") for k in json.loads(line))
+  return step < resume_step
 
 
 def _step_of(line: str) -> float:
