@@ -235,5 +235,65 @@ def _fail(e: Exception) -> None:
   raise SystemExit(f"error: {message}") from None
 
 
+# Flags of the layout before learner blocks: the method's hyperparameters were
+# top-level fields (`--config.inner_lr`, `--config.imaml_lam`, ...).
+_FLAT_LEARNER_FIELDS = ("inner_lr", "inner_steps", "remat")
+
+
+def upgrade_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Command lines written for the flat config layout, in today's spelling, with a note each.
+
+  `--config.method=X` becomes the config file's argument (`--config=F:X`, so the
+  learner block holds X's hyperparameters); `--config.inner_lr=...`,
+  `--config.inner_steps=...`, `--config.remat=...` and `--config.imaml_<name>=...`
+  become `--config.learner.<name>=...`, dropped (with a note) where the method
+  has no such hyperparameter, as the flat layout ignored them.
+
+  Returns:
+    `(argv, notes)`; argv unchanged when it holds none of these.
+  """
+  from experiments.configs import _common
+  from metalearn import algorithms
+
+  out, notes, method, config_at = [], [], None, None
+  for arg in argv:
+    name, eq, value = arg.partition("=")
+    if name == "--config.method" and eq and value in algorithms.REGISTRY:
+      method = value  # an unknown name stays a field, for validation to name it
+      continue
+    if name == "--config" and eq:
+      config_at = len(out)
+    out.append(arg)
+  if method is not None and config_at is not None:
+    path, _, extra = out[config_at][len("--config=") :].partition(":")
+    parts = [p for p in extra.split(",") if p and p not in algorithms.REGISTRY]
+    out[config_at] = f"--config={path}:{','.join([method, *parts])}"
+    notes.append(f"--config.method={method} is read as {out[config_at]}")
+  elif method is not None:
+    out.append(f"--config.method={method}")
+  current = method
+  if current is None and config_at is not None:
+    extra = out[config_at].partition(":")[2]
+    current, _ = _common.parse_arg(extra, None) if extra else (None, False)
+  accepted = algorithms.hyperparameters(current) if current in algorithms.REGISTRY else None
+  upgraded = []
+  for arg in out:
+    name, eq, value = arg.partition("=")
+    field = name[len("--config.") :] if name.startswith("--config.") else ""
+    if eq and (field in _FLAT_LEARNER_FIELDS or field.startswith("imaml_")):
+      new = field[len("imaml_") :] if field.startswith("imaml_") else field
+      if accepted is not None and new not in accepted:
+        notes.append(f"{arg} is not a hyperparameter of {current}; ignored")
+        continue
+      upgraded.append(f"--config.learner.{new}={value}")
+      notes.append(f"{arg} is now --config.learner.{new}={value}")
+      continue
+    upgraded.append(arg)
+  return upgraded, notes
+
+
 if __name__ == "__main__":
+  sys.argv, _notes = upgrade_argv(sys.argv)
+  for _note in _notes:
+    print(f"note: {_note}", flush=True)
   app.run(main)

@@ -242,3 +242,36 @@ def test_readme_test_command_is_what_ci_runs():
     ci = f.read()
   assert blocks[1] in ci
   assert "experiments.meta_train" in blocks[0] and "sinusoid.py" in blocks[0]
+
+
+def test_command_lines_of_the_flat_layout_still_run(tmp_path):
+  """`--config.method=X --config.imaml_lam=...` (the layout before learner blocks) is upgraded."""
+  from experiments import meta_train
+
+  argv, notes = meta_train.upgrade_argv(
+    ["prog", f"--config={CONFIG}:smoke", "--config.method=imaml", "--config.imaml_lam=2.0"]
+    + ["--config.inner_steps=3", "--config.remat=False"]
+  )
+  assert argv == [
+    "prog",
+    f"--config={CONFIG}:imaml,smoke",
+    "--config.learner.lam=2.0",
+    "--config.learner.inner_steps=3",
+  ]
+  assert any("remat=False is not a hyperparameter of imaml" in n for n in notes)
+  assert meta_train.upgrade_argv(["prog", f"--config={CONFIG}:smoke"]) == (
+    ["prog", f"--config={CONFIG}:smoke"],
+    [],
+  )
+  workdir = tmp_path / "run"
+  out = _binary(
+    f"--config={CONFIG}:smoke",
+    f"--workdir={workdir}",
+    "--config.method=reptile",
+    "--config.inner_steps=2",
+    "--config.baseline=False",
+    "--config.num_steps=5",
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["method"] == "reptile" and saved["learner"] == {"inner_lr": 0.01, "inner_steps": 2}
