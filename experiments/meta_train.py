@@ -22,7 +22,9 @@ launch environment asks for it (see --distributed, and launch/README.md):
 
 from __future__ import annotations
 
+import difflib
 import errno
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping
@@ -213,13 +215,9 @@ def main(argv):
       flush=True,
     )
   try:
-    train.validate(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)  # validates before it writes
+  except train.ConfigError as e:
     raise SystemExit(f"error: {e}") from None
-  except OSError as e:  # e.g. an unreadable config.json in the workdir
-    _fail(e)
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except training.Preempted as e:  # SIGTERM: a checkpoint was saved; the same command resumes
     print(str(e), file=sys.stderr, flush=True)
     raise SystemExit(PREEMPTED_EXIT_CODE) from None
@@ -292,8 +290,69 @@ def upgrade_argv(argv: list[str]) -> tuple[list[str], list[str]]:
   return upgraded, notes
 
 
+def _field_paths(config, prefix: str = "") -> list[str]:
+  """Every field of a ConfigDict as a dotted path (`learner.lam`, `shots`)."""
+  out = []
+  for name, value in config.items():
+    path = f"{prefix}{name}"
+    out.append(path)
+    if hasattr(value, "items") and not isinstance(value, dict | str):
+      out += _field_paths(value, f"{path}.")
+  return out
+
+
+def explain_override_error(argv: list[str], error: BaseException) -> str:
+  """One line for a `--config.<field>=...` that ml_collections could not apply.
+
+  An unknown field is named with the config file and the closest known
+  fields; a hyperparameter of another method says which methods have it.
+  """
+  from metalearn import algorithms
+
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if spec is not None:
+    try:
+      path, _, arg = spec.partition(":")
+      module_spec = importlib.util.spec_from_file_location("_config_file", path)
+      module = importlib.util.module_from_spec(module_spec)
+      module_spec.loader.exec_module(module)
+      config = module.get_config(arg or None)
+    except Exception:  # the file itself is broken: say that
+      return f"--config={spec}: cannot build the config ({type(error).__name__}: {error})"
+    known = _field_paths(config)
+    for field in overrides:
+      if field in known:
+        continue
+      where = f"--config.{field}: unknown config field {field!r} for {spec}"
+      leaf = field.rsplit(".", 1)[-1]
+      if field.startswith("learner."):
+        method = config.get("method")
+        others = [m for m in algorithms.REGISTRY if leaf in algorithms.hyperparameters(m)]
+        hint = f"{method} takes {', '.join(config.learner) or 'no hyperparameters'}"
+        if others:
+          owners = ", ".join(others)
+          hint += f"; {leaf} is a hyperparameter of {owners} (--config={path}:{others[0]})"
+        return f"{where}; {hint}"
+      close = difflib.get_close_matches(field, known, n=3, cutoff=0.6)
+      close += [k for k in known if k.endswith(f".{leaf}") and k not in close]
+      hint = f"; did you mean {' or '.join(close)}?" if close else ""
+      return f"{where}{hint}"
+  return f"cannot apply the config overrides ({type(error).__name__}: {error})"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config override that cannot apply turned into one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # a value that does not parse, an unknown flag
+    raise SystemExit(f"error: {e}") from None
+  except Exception as e:
+    raise SystemExit(f"error: {explain_override_error(argv, e)}") from None
+
+
 if __name__ == "__main__":
   sys.argv, _notes = upgrade_argv(sys.argv)
   for _note in _notes:
     print(f"note: {_note}", flush=True)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -67,8 +68,12 @@ NOT_IDENTITY = frozenset(
 ZERO_IS_OFF = ("outer_lr_halve_every",)
 
 
+class ConfigError(ValueError):
+  """A config (or workdir) the run cannot start with; its message is one line naming the flag."""
+
+
 def _bad(field: str, value, why: str):
-  raise ValueError(f"--config.{field}={value!r}: {why}")
+  raise ConfigError(f"--config.{field}={value!r}: {why}")
 
 
 def _factory(method: str):
@@ -137,7 +142,7 @@ def build_learner(config, *, inner_steps: int | None = None, verbose: bool = Fal
   try:
     return factory(model, **kwargs) if model is not None else factory(**kwargs)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"--config.learner ({config.method}): {e}") from None
+    raise ConfigError(f"--config.learner ({config.method}): {e}") from None
 
 
 def has_inner_steps(config) -> bool:
@@ -174,7 +179,11 @@ def evaluator(config) -> core.EvaluateFn:
 
 
 def validate(config: config_dict.ConfigDict, workdir: str) -> None:
-  """Raises ValueError naming the flag for any bad value; touches nothing on disk."""
+  """Raises `ConfigError` (a ValueError) naming the flag for any bad value; touches nothing on disk.
+
+  `train_and_evaluate` calls it first; call it directly to check a config
+  without training.
+  """
   if config.task not in TASKS:
     _bad("task", config.task, f"unknown task; choose one of {', '.join(TASKS)}")
   for field in (
@@ -221,7 +230,10 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
         )
   elif not config.eval_steps or min(config.eval_steps) < 0:
     _bad("eval_steps", config.eval_steps, "must be a non-empty list of step counts >= 0")
-  core.check_strategy(config.strategy, field="--config.strategy")
+  try:
+    core.check_strategy(config.strategy, field="--config.strategy")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.on_nonfinite not in ("raise", "skip"):
     _bad("on_nonfinite", config.on_nonfinite, "choose raise or skip")
   if not isinstance(config.seed, int) or config.seed < 0:
@@ -231,7 +243,7 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
   build_learner(config)  # checks the method and every hyperparameter, where each is used
   _validate_devices(config)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir={workdir}: exists and is not a directory")
+    raise ConfigError(f"--workdir={workdir}: exists and is not a directory")
   check_resume(config, workdir)
 
 
@@ -308,15 +320,19 @@ def upgrade_legacy(saved: dict) -> dict:
 
 
 def check_resume(config, workdir: str) -> None:
-  """Refuses a workdir holding a run with another identity, naming each field that differs."""
+  """Refuses a workdir holding a run with another identity, naming each field that differs.
+
+  A workdir whose run saved no checkpoint (it stopped before its first step,
+  e.g. on missing data) holds no run to protect: it is started afresh.
+  """
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not os.path.exists(path) or not has_checkpoint(workdir):
     return
   try:
     with open(path) as f:
       saved = upgrade_legacy(json.load(f))
   except (OSError, ValueError) as e:
-    raise ValueError(f"--workdir={workdir}: cannot read its config.json ({e})") from None
+    raise ConfigError(f"--workdir={workdir}: cannot read its config.json ({e})") from None
   mine = identity(config)
   previous = {k: v for k, v in saved.items() if k not in NOT_IDENTITY}
   if previous.get("method") in algorithms.REGISTRY:
@@ -338,7 +354,7 @@ def check_resume(config, workdir: str) -> None:
     elif previous[k] != v:
       diff.append(f"{k}={previous[k]!r} (now {v!r})")
   if diff:
-    raise ValueError(
+    raise ConfigError(
       f"--workdir={workdir} holds a run with other settings ({', '.join(diff)}); "
       "use a new --workdir to start a different run"
     )
@@ -388,7 +404,7 @@ def split_sampler(
     return EpisodicSampler(splits[split], ways, shots, queries)
   except ValueError as e:
     msg = f"{flags}: the omniglot {split} split cannot hold these episodes: {e}"
-    raise ValueError(msg) from None
+    raise ConfigError(msg) from None
 
 
 def outer_learning_rate(config) -> float | optax.Schedule:
@@ -506,11 +522,30 @@ def add_plain_accuracy(config, workdir: str, summary: dict) -> dict:
   return summary
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `<workdir>/checkpoints` holds a saved step (a run that took steps)."""
+  checkpoints = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(checkpoints) and any(s.isdigit() for s in os.listdir(checkpoints))
+
+
 def write_config(config, workdir: str) -> None:
-  """Writes `<workdir>/config.json`: the config, its learner block with defaults filled."""
+  """Writes `<workdir>/config.json`: the config, its learner block with defaults filled.
+
+  A resumed run (the workdir holds a checkpoint; `validate` checked the
+  identity) keeps the record as it is and appends to its `resumes` list the
+  time and the fields whose values changed (e.g. a longer `num_steps`), so the
+  file still describes the steps already taken.
+  """
+  path = os.path.join(workdir, "config.json")
   record = json.loads(config.to_json())
   record["learner"] = identity(config)["learner"]
-  training.write_json_atomic(os.path.join(workdir, "config.json"), record)
+  if os.path.exists(path) and has_checkpoint(workdir):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = {k: v for k, v in record.items() if k in NOT_IDENTITY and saved.get(k) != v}
+    resume = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed}
+    record = {**saved, "resumes": [*saved.get("resumes", []), resume]}
+  training.write_json_atomic(path, record)
 
 
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
@@ -597,14 +632,11 @@ def load_run(workdir: str):
     ValueError: config.json is unreadable.
   """
   config = load_config(workdir)
-  checkpoints = os.path.join(workdir, "checkpoints")
-  steps = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
-  if not any(s.isdigit() for s in steps):
+  if not has_checkpoint(workdir):
     raise FileNotFoundError(
-      f"no checkpoint in {checkpoints}: the run has not saved one yet (train it first)"
+      f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: the run has not saved one yet "
+      "(train it first)"
     )
   learner = build_learner(config)
-  theta = training.restore_theta(
-    workdir, learner, outer_optimizer(config), example_task(config), seed=config.seed
-  )
-  return config, learner, theta
+  template = jax.eval_shape(learner.init, jax.random.PRNGKey(config.seed), example_task(config))
+  return config, learner, training.latest_theta(workdir, template)

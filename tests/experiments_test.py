@@ -176,7 +176,7 @@ def test_runs_written_before_learner_blocks_resume_or_are_refused_by_name(tmp_pa
   with config.unlocked():
     config.baseline, config.num_steps = False, 2
   workdir = tmp_path / "old"
-  workdir.mkdir()
+  (workdir / "checkpoints" / "10").mkdir(parents=True)  # the old run took steps
   legacy = {k: v for k, v in json.loads(config.to_json()).items() if k != "learner"}
   legacy.update(
     inner_lr=0.01,
@@ -248,9 +248,9 @@ def test_command_lines_of_the_flat_layout_still_run(tmp_path):
   """`--config.method=X --config.imaml_lam=...` (the layout before learner blocks) is upgraded."""
   from experiments import meta_train
 
+  flat = ["--config.method=imaml", "--config.imaml_lam=2.0", "--config.inner_steps=3"]
   argv, notes = meta_train.upgrade_argv(
-    ["prog", f"--config={CONFIG}:smoke", "--config.method=imaml", "--config.imaml_lam=2.0"]
-    + ["--config.inner_steps=3", "--config.remat=False"]
+    ["prog", f"--config={CONFIG}:smoke", *flat, "--config.remat=False"]
   )
   assert argv == [
     "prog",
@@ -275,3 +275,53 @@ def test_command_lines_of_the_flat_layout_still_run(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["method"] == "reptile" and saved["learner"] == {"inner_lr": 0.01, "inner_steps": 2}
+
+
+@pytest.mark.parametrize(
+  "flag, fragment",
+  [
+    ("--config.foo=1", "--config.foo: unknown config field 'foo' for"),
+    ("--config.learner.lam=2", "lam is a hyperparameter of imaml (--config="),
+    ("--config.shots=abc", "error: flag --config.shots=abc: invalid literal"),
+    ("--config.learner.inner_lr=-1", "--config.learner (maml): inner_lr must be > 0"),
+    ("--config.strategy=fast", "--config.strategy must be one of"),
+  ],
+)
+def test_every_config_mistake_is_one_line_before_anything_is_written(tmp_path, flag, fragment):
+  out = _binary(f"--config={CONFIG}:smoke", f"--workdir={tmp_path / 'run'}", flag)
+  assert out.returncode != 0
+  lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_took_no_step_does_not_block_its_workdir(tmp_path):
+  config = sinusoid.get_config("smoke")
+  with config.unlocked():
+    config.baseline, config.num_steps = False, 2
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"method": "reptile", "seed": 5}))
+  train.validate(config, str(workdir))  # no checkpoint: nothing to protect
+
+
+def test_a_resumed_run_appends_to_config_json_and_keeps_the_record(tmp_path):
+  config = sinusoid.get_config("smoke")
+  with config.unlocked():
+    config.baseline, config.num_steps = False, 10
+  train.train_and_evaluate(config, str(tmp_path))
+  first = json.loads((tmp_path / "config.json").read_text())
+  with config.unlocked():
+    config.num_steps = 20
+  train.train_and_evaluate(config, str(tmp_path))
+  after = json.loads((tmp_path / "config.json").read_text())
+  assert after.pop("resumes")[0]["changed"] == {"num_steps": 20}
+  assert after == first  # the record of the steps already taken is untouched
+  with config.unlocked():
+    config.sample_shards = 5  # another data stream: refused
+  with pytest.raises(train.ConfigError, match="sample_shards=0"):
+    train.validate(config, str(tmp_path))
+  with config.unlocked():
+    config.sample_shards, config.on_nonfinite = 0, "skip"
+  with pytest.raises(train.ConfigError, match="on_nonfinite='raise'"):
+    train.validate(config, str(tmp_path))
