@@ -16,6 +16,7 @@ float32, the library's default.
 """
 
 import functools
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,7 +30,8 @@ import pytest
 from metalearn import algorithms, core, evaluation
 from metalearn import episodes as ep
 from metalearn.data.sinusoid import Sinusoid
-from metalearn.models import MLP, Model, as_model
+from metalearn.models import MLP, Conv4, Model, as_model
+from metalearn.models.relation import RelationEmbedding, RelationModule
 
 NAMES = sorted(algorithms.REGISTRY)
 NUM_TASKS = 4
@@ -119,8 +121,63 @@ SETUPS: dict[str, Callable[[], Setup]] = {
   "relation": _relation_setup,
 }
 
+# The real models, as the Omniglot binary builds them (narrowed to 4 channels, 16x16 images):
+# Conv4 with a head under the gradient-based learners, Conv4's embedding under ProtoNets and
+# Matching Networks, the paper's modules under Relation Networks.
+IMAGE, CHANNELS, WAYS = 16, 4, 3
+# Learners whose real model normalises with the batch's statistics: padded rows enter the
+# mean and variance, so padding changes the outputs (the models' documented behaviour,
+# not a defect of the learner): `test_padding_rows_change_nothing` is expected to fail.
+BATCH_STATISTICS = (
+  "Conv4 and the Relation Network's modules normalise with the statistics of every row of "
+  "the batch, padded rows included"
+)
+
+
+def _images(seed, ways=WAYS, shots=2, queries=2):
+  """`NUM_TASKS` tasks of `ways` classes of 16x16 images: a class is a noisy random pattern."""
+  rng = np.random.default_rng(seed)
+  patterns = rng.normal(size=(NUM_TASKS, ways, IMAGE, IMAGE, 1))
+
+  def split(per_class):
+    y = np.stack([rng.permutation(np.tile(np.arange(ways), per_class)) for _ in range(NUM_TASKS)])
+    x = np.take_along_axis(patterns, y[..., None, None, None], axis=1)
+    x = x + 0.5 * rng.normal(size=x.shape)
+    return ep.Split(x.astype(np.float32), y.astype(np.int32), np.ones(y.shape, bool))
+
+  return ep.Episode(split(shots), split(queries))
+
+
+def _real_model_setup(name):
+  def setup():
+    factory = algorithms.REGISTRY[name]
+    metric = ("accuracy", ep.accuracy)
+    if name == "relation":
+      learner = factory(
+        RelationEmbedding(channels=CHANNELS),
+        ways=WAYS,
+        relation_module=RelationModule(channels=CHANNELS, hidden=4),
+      )
+      return Setup(learner, _images, metric, None, learner, evaluation.classification(learner))
+    if "ways" in inspect.signature(factory).parameters:
+      learner = factory(Conv4(ways=None, channels=CHANNELS), ways=WAYS)
+      return Setup(learner, _images, metric, None, learner, evaluation.classification(learner))
+    kwargs = dict(inner_lr=0.1, objective="cross_entropy")
+    model = Conv4(ways=WAYS, channels=CHANNELS)
+    learner = factory(model, inner_steps=2, **kwargs)
+    curve = evaluation.curve(factory, EVAL_STEPS, model, **kwargs)
+    return Setup(learner, _images, metric, EVAL_STEPS, curve, evaluation.classification(curve))
+
+  return setup
+
+
+REAL = {f"{name}[real model]": _real_model_setup(name) for name in sorted(algorithms.REGISTRY)}
+NAMES = NAMES + sorted(REAL)
+
 
 def _setup(name):
+  if name in REAL:
+    return REAL[name]()
   return SETUPS[name]() if name in SETUPS else _registry_convention(name)
 
 
@@ -215,7 +272,9 @@ def test_jit_equals_eager(case, x64):
   _close(eager, jitted)
 
 
-def test_padding_rows_change_nothing(case, x64):
+def test_padding_rows_change_nothing(case, x64, request):
+  if case.name in REAL:
+    request.applymarker(pytest.mark.xfail(strict=True, reason=BATCH_STATISTICS))
   padded = _pad_with_garbage(case.batch, np.random.default_rng(5))
   assert padded.support.mask.shape[1] == case.batch.support.mask.shape[1] + PAD
   _close(case.batched(case.theta, padded, case.keys), case.want)
