@@ -121,16 +121,8 @@ def imaml(
   References: Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit
   Gradients. NeurIPS 2019 (Algorithm 2; Neumann alternative: Lorraine et al. 2020).
   """
-  lam = implicit.check_lam(lam)
-  if not isinstance(cg_steps, int) or isinstance(cg_steps, bool) or cg_steps < 1:
-    raise ValueError(f"cg_steps must be an int >= 1, got {cg_steps!r}")
-  if not float(damping) >= 0:
-    raise ValueError(f"damping must be >= 0, got {damping}")
-  if not float(lam_damping) >= 0:
-    raise ValueError(f"lam_damping must be >= 0, got {lam_damping}")
-  if not callable(solver) and solver not in implicit.SOLVERS:
-    raise ValueError(f"solver must be one of {implicit.SOLVERS} or a callable, got {solver!r}")
-  inner.gradient.check_steps(inner_steps)
+  # lam, inner_steps, cg_steps, solver, damping and lam_damping are checked once, where they
+  # are used: by `implicit.make_solver` and `implicit.implicit_meta_loss`, built here.
   if inner_clip is None:  # the older spelling of "off"
     inner_clip = 0.0
   if not float(inner_clip) >= 0:
@@ -138,7 +130,7 @@ def imaml(
   optimizer = inner_optimizer or inner.sgd(inner_lr)
   if inner_optimizer is None and inner_clip:
     optimizer = optax.chain(optax.clip_by_global_norm(float(inner_clip)), optimizer)
-  solve = implicit.make_solver(solver, num_steps=cg_steps, damping=damping)
+  solve = implicit.make_solver(solver, cg_steps=cg_steps, damping=damping)
   model, objective = as_model(model), ep.get_objective(objective)
 
   def support_loss(phi, support):

@@ -267,14 +267,17 @@ def episode_batches(
   start: int = 0,
   stop: int | None = None,
 ) -> Iterator[Episode]:
-  """Batches `sampler(np.random.default_rng([seed, stream, i]), num_tasks)` for i = start, ...
+  """Batches `sampler(training.episode_rng(seed, stream, i), num_tasks)` for i = start, ...
 
-  This is the seeding of `metalearn.training.episode_rng` (stream 1 = train),
-  so batch `i` equals the one `meta_train` draws at step `i`.
+  The seeding is `metalearn.training.episode_rng`'s (stream 1 = train, the one
+  definition of the layout), so batch `i` equals the one `meta_train` draws at
+  step `i`.
   """
+  from metalearn.training.sampling import episode_rng  # the training loop imports data
+
   steps = itertools.count(start) if stop is None else range(start, stop)
   for i in steps:
-    yield sampler(np.random.default_rng([seed, stream, i]), num_tasks)
+    yield sampler(episode_rng(seed, stream, i), num_tasks)
 
 
 def prefetched_episodes(

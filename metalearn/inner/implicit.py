@@ -76,7 +76,7 @@ def check_lam(lam: float) -> float:
   return lam
 
 
-def make_solver(solver: str | Solver, *, num_steps: int = 5, damping: float = 0.0) -> Solver:
+def make_solver(solver: str | Solver, *, cg_steps: int = 5, damping: float = 0.0) -> Solver:
   """A linear solver `(matvec, b) -> SolveResult` for `(I + H / lam) u = g`.
 
   Args:
@@ -84,7 +84,7 @@ def make_solver(solver: str | Solver, *, num_steps: int = 5, damping: float = 0.
       `sum_k (-H / lam)^k g`, i.e. step size 1, which converges when the
       eigenvalues of `H / lam + damping` lie in (-1, 1)), or a callable
       returned as is (e.g. `functools.partial(cg.neumann, num_steps=20, alpha=0.5)`).
-    num_steps: iterations (CG) or terms (Neumann), an int >= 1.
+    cg_steps: iterations (CG) or terms (Neumann), an int >= 1.
     damping: `>= 0`, solves `((1 + damping) I + H / lam) u = g` instead, which
       keeps the system positive definite where the inner loss is not convex.
 
@@ -92,18 +92,18 @@ def make_solver(solver: str | Solver, *, num_steps: int = 5, damping: float = 0.
     The solver.
 
   Raises:
-    ValueError: for an unknown name, `num_steps < 1` or `damping < 0`.
+    ValueError: for an unknown name, `cg_steps < 1` or `damping < 0`.
   """
   if callable(solver):
     return solver
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS} or a callable, got {solver!r}")
-  if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-    raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+  if not isinstance(cg_steps, int) or isinstance(cg_steps, bool) or cg_steps < 1:
+    raise ValueError(f"cg_steps must be an int >= 1, got {cg_steps!r}")
   if not float(damping) >= 0:
     raise ValueError(f"damping must be >= 0, got {damping}")
   fn = cg.conjugate_gradient if solver == "cg" else cg.neumann
-  return functools.partial(fn, num_steps=num_steps, damping=float(damping))
+  return functools.partial(fn, num_steps=cg_steps, damping=float(damping))
 
 
 def proximal_loss(loss_fn: LossFn, theta: Params, lam: float) -> LossFn:
@@ -250,7 +250,7 @@ def implicit_solve(
   num_steps: int,
   optimizer: optax.GradientTransformation,
   solver: str | Solver = "cg",
-  solver_steps: int = 5,
+  cg_steps: int = 5,
   damping: float = 0.0,
   lam_damping: float = 0.0,
 ) -> Callable[[Params, PyTree], Params]:
@@ -267,7 +267,8 @@ def implicit_solve(
     num_steps: K, inner optimizer steps (static int >= 0).
     optimizer: the inner optimizer.
     solver: `"cg"`, `"neumann"` or a `Solver` (see `make_solver`).
-    solver_steps: iterations of the named solver, >= 1.
+    cg_steps: iterations of the named solver (CG iterations or Neumann terms), >= 1;
+      the same knob as `imaml(..., cg_steps)`.
     damping: `>= 0`, see `make_solver`.
     lam_damping: `>= 0`, added to lam in the linear system only (see
       `implicit_meta_loss`).
@@ -277,7 +278,7 @@ def implicit_solve(
     solve is not observable from it; use `implicit_meta_loss` to report it.
   """
   lam, sys_lam = _check_common(lam, num_steps, lam_damping)
-  solve = make_solver(solver, num_steps=solver_steps, damping=damping)
+  solve = make_solver(solver, cg_steps=cg_steps, damping=damping)
 
   def forward(theta, data):
     loss = lambda phi: inner_loss(phi, data)
@@ -315,7 +316,7 @@ def implicit_meta_loss(
   num_steps: int,
   optimizer: optax.GradientTransformation,
   solver: str | Solver = "cg",
-  solver_steps: int = 5,
+  cg_steps: int = 5,
   damping: float = 0.0,
   lam_damping: float = 0.0,
 ) -> Callable[[Params, PyTree, PyTree], tuple[jax.Array, Metrics]]:
@@ -333,7 +334,8 @@ def implicit_meta_loss(
     num_steps: K, inner optimizer steps (static int >= 0).
     optimizer: the inner optimizer.
     solver: `"cg"`, `"neumann"` or a `Solver` (see `make_solver`).
-    solver_steps: iterations of the named solver, >= 1.
+    cg_steps: iterations of the named solver (CG iterations or Neumann terms), >= 1;
+      the same knob as `imaml(..., cg_steps)`.
     damping: `>= 0`, see `make_solver`.
     lam_damping: `>= 0`, added to lam in the linear system only: it solves
       `((1 + damping) I + H / (lam + lam_damping)) u = g`, which shrinks the
@@ -350,7 +352,7 @@ def implicit_meta_loss(
     outputs carry no gradient.
   """
   lam, sys_lam = _check_common(lam, num_steps, lam_damping)
-  solve = make_solver(solver, num_steps=solver_steps, damping=damping)
+  solve = make_solver(solver, cg_steps=cg_steps, damping=damping)
 
   def forward(theta, inner_data, outer_data):
     inner = lambda p: inner_loss(p, inner_data)

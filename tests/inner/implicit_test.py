@@ -88,7 +88,7 @@ def test_ridge_implicit_gradient_equals_closed_form(lam):
   # Inner problem solved to convergence: GD with step 1 / (L + lam) contracts the
   # error by at most 1 - lam / (L + lam) per step; 2000 steps reach round-off for these lam.
   settings = dict(
-    lam=lam, num_steps=2000, optimizer=optax.sgd(1.0 / (top_eig + lam)), solver_steps=10
+    lam=lam, num_steps=2000, optimizer=optax.sgd(1.0 / (top_eig + lam)), cg_steps=10
   )
   with x64():
     support, query, theta = jax.tree_util.tree_map(jnp.asarray, (support, query, theta))
@@ -136,7 +136,7 @@ def test_ridge_damped_system_equals_its_closed_form(damping, lam_damping):
     lam=lam,
     num_steps=2000,
     optimizer=optax.sgd(1.0 / (top_eig + lam)),
-    solver_steps=10,
+    cg_steps=10,
     damping=damping,
     lam_damping=lam_damping,
   )
@@ -166,7 +166,7 @@ def test_ridge_neumann_converges_to_cg_answer():
     errors, residuals = [], []
     for terms in (1, 2, 4, 8, 16):
       fn = implicit.implicit_meta_loss(
-        ridge_inner, ridge_outer, solver="neumann", solver_steps=terms, **settings
+        ridge_inner, ridge_outer, solver="neumann", cg_steps=terms, **settings
       )
       (_, aux), g = jax.jit(jax.value_and_grad(fn, has_aux=True))(theta, support, query)
       errors.append(rel_err(leaves(g), leaves(cg_grad)))
@@ -224,8 +224,8 @@ def test_implicit_gradient_matches_unrolled_at_convergence():
       phi = implicit.proximal_solve(lambda p: net_inner(p, s), t, **settings)
       return net_outer(phi, q)[0]
 
-    meta_loss = implicit.implicit_meta_loss(net_inner, net_outer, solver_steps=40, **settings)
-    solve = implicit.implicit_solve(net_inner, solver_steps=40, **settings)
+    meta_loss = implicit.implicit_meta_loss(net_inner, net_outer, cg_steps=40, **settings)
+    solve = implicit.implicit_solve(net_inner, cg_steps=40, **settings)
     # Gradients with respect to theta and both data arguments (support.x, query.x).
     grad = lambda f, **kw: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), allow_int=True, **kw))
     loss_unrolled, g_unrolled = grad(unrolled)(theta, support, query)
@@ -256,7 +256,7 @@ def test_implicit_differs_from_unrolled_before_convergence():
       phi = implicit.proximal_solve(inner, t, **settings)
       return net_outer(phi, query)[0], phi
 
-    meta_loss = implicit.implicit_meta_loss(net_inner, net_outer, solver_steps=40, **settings)
+    meta_loss = implicit.implicit_meta_loss(net_inner, net_outer, cg_steps=40, **settings)
     (_, aux), g = jax.jit(jax.value_and_grad(meta_loss, has_aux=True))(theta, support, query)
     (_, phi), g_unrolled = jax.jit(jax.value_and_grad(unrolled, has_aux=True))(theta)
     # The reported inner gradient norm is that of the proximal objective at phi_3.
@@ -327,10 +327,10 @@ def test_bad_arguments_raise():
       implicit.implicit_solve(net_inner, lam=lam, num_steps=1, optimizer=sgd)
   with pytest.raises(ValueError, match="lam_damping"):
     implicit.implicit_solve(net_inner, lam=1.0, num_steps=1, optimizer=sgd, lam_damping=-1.0)
-  with pytest.raises(ValueError, match="num_steps"):
-    implicit.make_solver("cg", num_steps=0)
+  with pytest.raises(ValueError, match="cg_steps"):
+    implicit.make_solver("cg", cg_steps=0)
   with pytest.raises(ValueError, match="damping"):
-    implicit.make_solver("neumann", num_steps=3, damping=-1.0)
+    implicit.make_solver("neumann", cg_steps=3, damping=-1.0)
   with pytest.raises(ValueError, match="solver"):
     implicit.make_solver("lu")
   with pytest.raises(ValueError, match="inner_steps"):
