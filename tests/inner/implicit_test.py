@@ -87,9 +87,7 @@ def test_ridge_implicit_gradient_equals_closed_form(lam):
   phi_np, loss_np, grad_np, top_eig = ridge_closed_form(support, query, theta, lam)
   # Inner problem solved to convergence: GD with step 1 / (L + lam) contracts the
   # error by at most 1 - lam / (L + lam) per step; 2000 steps reach round-off for these lam.
-  settings = dict(
-    lam=lam, num_steps=2000, optimizer=optax.sgd(1.0 / (top_eig + lam)), cg_steps=10
-  )
+  settings = dict(lam=lam, num_steps=2000, optimizer=optax.sgd(1.0 / (top_eig + lam)), cg_steps=10)
   with x64():
     support, query, theta = jax.tree_util.tree_map(jnp.asarray, (support, query, theta))
     meta_loss = implicit.implicit_meta_loss(ridge_inner, ridge_outer, **settings)
