@@ -62,6 +62,7 @@ NOT_IDENTITY = frozenset(
     "data_dir",
     "zip_dir",
     "baseline",
+    "max_skipped_fraction",
   }
 )
 # Identity fields whose 0 means "off", which is what runs from before the field existed used.
@@ -236,6 +237,9 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
     raise ConfigError(str(e)) from None
   if config.on_nonfinite not in ("raise", "skip"):
     _bad("on_nonfinite", config.on_nonfinite, "choose raise or skip")
+  skipped = config.get("max_skipped_fraction", 0.1)
+  if isinstance(skipped, bool) or not isinstance(skipped, int | float) or not 0 <= skipped <= 1:
+    _bad("max_skipped_fraction", skipped, "must be a number in [0, 1]")
   if not isinstance(config.seed, int) or config.seed < 0:
     _bad("seed", config.seed, "must be an integer >= 0")
   if config.task == "sinusoid" and (not config.hidden or min(config.hidden) < 1):
@@ -452,6 +456,7 @@ def _train(config, workdir, *, verbose=True):
     eval_batch_size=config.get("eval_batch_size", 100),
     strategy=config.strategy,
     on_nonfinite=config.on_nonfinite,
+    max_skipped_fraction=config.get("max_skipped_fraction", 0.1),
     verbose=verbose,
     mesh=parallel.make_mesh(config.num_devices),
     sample_shards=config.sample_shards or None,

@@ -103,6 +103,7 @@ def test_every_method_smoke(tmp_path, method):
     ("--config.strategy=fast", "--config.strategy must be one of"),
     ("--config.on_nonfinite=ignore", "--config.on_nonfinite='ignore'"),
     ("--config.seed=-1", "--config.seed=-1"),
+    ("--config.max_skipped_fraction=1.5", "--config.max_skipped_fraction=1.5"),
   ],
 )
 def test_bad_config_fails_in_one_line_before_anything(tmp_path, flag, fragment):

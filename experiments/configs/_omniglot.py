@@ -52,6 +52,8 @@ def base(method: str) -> config_dict.ConfigDict:
   # (parallel.reserve_host_cores); 0: XLA takes every core, which convolutions need.
   c.host_cores = 0
   c.on_nonfinite = "raise"
+  # With on_nonfinite = "skip": the run fails once more than this fraction of its steps was skipped.
+  c.max_skipped_fraction = 0.1
   c.num_devices = 0
   c.sample_shards = 0
   return c

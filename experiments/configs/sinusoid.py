@@ -70,6 +70,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # every core. 1 gave 10-44% more steps a second on 2 cores (docs/results.md).
   c.host_cores = 1
   c.on_nonfinite = "raise"
+  # With on_nonfinite = "skip": the run fails once more than this fraction of its steps was skipped.
+  c.max_skipped_fraction = 0.1
   # Devices the task axis of the meta-batch is sharded over: 0 = every device
   # of the job (of all its processes); N = the first N (one process only).
   c.num_devices = 0
