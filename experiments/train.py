@@ -62,6 +62,7 @@ NOT_IDENTITY = frozenset(
     "data_dir",
     "zip_dir",
     "baseline",
+    "baseline_method",
     "max_skipped_fraction",
   }
 )
@@ -229,6 +230,8 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
           f"--config.shots + --config.{field} = {config.shots + config[field]} exceeds the "
           f"{omniglot.NUM_DRAWINGS} drawings of each Omniglot character",
         )
+  elif config.baseline and config.get("baseline_method") not in algorithms.REGISTRY:
+    _bad("baseline_method", config.get("baseline_method"), "must name a registered method")
   elif not config.eval_steps or min(config.eval_steps) < 0:
     _bad("eval_steps", config.eval_steps, "must be a non-empty list of step counts >= 0")
   try:
@@ -466,10 +469,10 @@ def _train(config, workdir, *, verbose=True):
 
 
 def baseline_config(config) -> config_dict.ConfigDict:
-  """The config of the pretrained transfer baseline with the same budget (sinusoid's figure)."""
+  """The config of the baseline (`config.baseline_method`) with the same budget (the figure's)."""
   base = config_dict.ConfigDict(json.loads(config.to_json()))
-  base.method = "pretrain"
-  wanted = algorithms.hyperparameters("pretrain")
+  base.method = config.baseline_method
+  wanted = algorithms.hyperparameters(base.method)
   base.learner = config_dict.ConfigDict(
     {k: v for k, v in config.learner.items() if k in wanted and k != "inner_steps"}
   )
@@ -558,7 +561,8 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
 
   Writes into `workdir`: `checkpoints/`, `metrics.jsonl`, `tensorboard/`,
   `eval.json`, `config.json`, and for sinusoid `sinusoid.png` and (when
-  `config.baseline`) the pretrained baseline's run under `baseline/`. Omniglot
+  `config.baseline`) the baseline's run (`config.baseline_method`, the
+  pretrained transfer baseline in the sinusoid config) under `baseline/`. Omniglot
   runs report test `accuracy` in `eval.json` (for gradient-based methods the
   accuracy after `config.eval_inner_steps` inner steps; `accuracy@k` are kept
   too). On a multi-process job every process calls this; checkpoints are
@@ -575,14 +579,14 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
       print(f"wrote {os.path.join(workdir, 'eval.json')}", flush=True)
     return summary
   plot_steps = (0, 1, 10)
-  label = config.method.upper() if config.method != "pretrain" else "pretrained"
+  label = config.method
   theta = parallel.fetch(result.state.theta)
   runs = {label: ({k: build_learner(config, inner_steps=k) for k in plot_steps}, theta)}
-  if config.baseline and config.method != "pretrain":
+  if config.baseline and config.method != config.baseline_method:
     base = baseline_config(config)
     base_result = _train(base, os.path.join(workdir, "baseline"))
     learners = {k: build_learner(base, inner_steps=k) for k in (0, 10)}
-    runs["pretrained"] = (learners, parallel.fetch(base_result.state.theta))
+    runs[base.method] = (learners, parallel.fetch(base_result.state.theta))
   if parallel.is_primary():
     path = os.path.join(workdir, "sinusoid.png")
     sinusoid_figure(config, path, runs)

@@ -172,7 +172,18 @@ def _real_model_setup(name):
 
 
 REAL = {f"{name}[real model]": _real_model_setup(name) for name in sorted(algorithms.REGISTRY)}
-NAMES = NAMES + sorted(REAL)
+
+
+def _adam_inner_setup():
+  """MAML whose inner optimizer is Adam: optimizer state carried through the inner scan."""
+  kwargs = dict(inner_optimizer=optax.adam(0.01), objective="mse")
+  learner = algorithms.maml(MLP(hidden=(8,)), inner_steps=2, **kwargs)
+  curve = evaluation.curve(algorithms.maml, EVAL_STEPS, MLP(hidden=(8,)), **kwargs)
+  return Setup(learner, _sinusoid, ("mse", ep.mse), EVAL_STEPS, curve, evaluation.regression(curve))
+
+
+SETUPS["maml[adam inner]"] = _adam_inner_setup
+NAMES = [*NAMES, "maml[adam inner]", *sorted(REAL)]
 
 
 def _setup(name):
