@@ -134,3 +134,62 @@ def test_dict_tasks_train_checkpoint_and_resume_bitwise(tmp_path):
   report = json.loads((tmp_path / "full" / "eval.json").read_text())
   assert report["metrics"]["mse"]["n"] == 10
   assert report["metrics"] == json.loads((tmp_path / "cut" / "eval.json").read_text())["metrics"]
+
+
+def sample_tasks_on_device(key: jax.Array, num_tasks: int) -> dict[str, jax.Array]:
+  """The toy family sampled in JAX from a key: `{"w": [T, 3], "x": [T, 8, 3], "y": [T, 8]}`."""
+  k_w, k_x = jax.random.split(key)
+  w = jax.random.normal(k_w, (num_tasks, DIM)) + 1.0
+  x = jax.random.normal(k_x, (num_tasks, POINTS, DIM))
+  return {"w": w, "x": x, "y": jnp.einsum("tnd,td->tn", x, w)}
+
+
+def train_on_device(workdir, num_steps, **kwargs):
+  """`meta_train` on the toy family sampled on the device (also used by parallel_test.py)."""
+  args = dict(
+    evaluate=evaluate,
+    optimizer=optax.adam(0.05),
+    num_steps=num_steps,
+    meta_batch_size=4,
+    workdir=str(workdir),
+    seed=7,
+    eval_every=5,
+    checkpoint_every=5,
+    log_every=5,
+    num_val_tasks=6,
+    num_eval_tasks=10,
+    eval_batch_size=5,
+    verbose=False,
+  )
+  args.update(kwargs)
+  sampler = training.on_device(sample_tasks_on_device)
+  return training.meta_train(gaussian_start_learner(), sampler, **args)
+
+
+def test_a_device_sampler_trains_resumes_bitwise_and_uses_its_keys(tmp_path):
+  """Tasks drawn in JAX from `episode_key(seed, stream, step)`: the same run however it is cut."""
+  full = train_on_device(tmp_path / "full", 20)
+  train_on_device(tmp_path / "cut", 10)
+  resumed = train_on_device(tmp_path / "cut", 20)
+  per_call = train_on_device(tmp_path / "per_call", 20, steps_per_call=5)
+  for other in (resumed, per_call):
+    for a, b in zip(
+      jax.tree_util.tree_leaves(full.state), jax.tree_util.tree_leaves(other.state), strict=True
+    ):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The run is the meta-step applied to the batches of `episode_key`, step after step.
+  learner, optimizer = gaussian_start_learner(), optax.adam(0.05)
+  key = training.episode_key(7, training.TRAIN_STREAM, 0)
+  state = core.init_state(
+    learner, optimizer, jax.random.PRNGKey(7), core.task(sample_tasks_on_device(key, 1), 0)
+  )
+  step = jax.jit(core.make_meta_step(learner, optimizer))
+  for s in range(20):
+    batch = sample_tasks_on_device(training.episode_key(7, training.TRAIN_STREAM, s), 4)
+    state, _ = step(state, batch)
+  for a, b in zip(
+    jax.tree_util.tree_leaves(full.state.theta), jax.tree_util.tree_leaves(state.theta), strict=True
+  ):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  report = json.loads((tmp_path / "full" / "eval.json").read_text())
+  assert report["metrics"]["mse"]["n"] == 10

@@ -302,6 +302,17 @@ def _case_dict_tasks():
     s2, m2 = sharded(s2, global_batch)
     _close(m1, m2)
     _close(s1, s2)
+  # The training loop with a device sampler: 8 devices equal 1.
+  import tempfile
+
+  tmp = tempfile.mkdtemp()
+  runs = [
+    toy.train_on_device(f"{tmp}/{n}", 10, meta_batch_size=8, mesh=parallel.make_mesh(n))
+    for n in (NUM_DEVICES, 1)
+  ]
+  _close(parallel.fetch(runs[0].state), parallel.fetch(runs[1].state))
+  for name, summary in runs[0].eval_summary.items():
+    np.testing.assert_allclose(summary["mean"], runs[1].eval_summary[name]["mean"], rtol=1e-5)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,12 @@ from metalearn.training.sampling import (
   TEST_STREAM,
   TRAIN_STREAM,
   VAL_STREAM,
+  DeviceSampler,
   Sampler,
+  episode_key,
   episode_rng,
   fixed_batches,
+  on_device,
 )
 from metalearn.training.writer import MetricWriter, write_json_atomic
 
@@ -54,6 +57,7 @@ __all__ = [
   "TRAIN_STREAM",
   "VAL_STREAM",
   "CheckpointWriteError",
+  "DeviceSampler",
   "MetricWriter",
   "Preempted",
   "Sampler",
@@ -62,10 +66,12 @@ __all__ = [
   "WorkdirLock",
   "WorkdirLockedError",
   "checkpoint_dir",
+  "episode_key",
   "episode_rng",
   "fixed_batches",
   "latest_theta",
   "meta_train",
+  "on_device",
   "restore_theta",
   "write_json_atomic",
 ]

@@ -139,7 +139,17 @@ def compiled_steps(
 def train_batches(
   sampler: sampling.Sampler, seed: int, meta_batch_size: int, mesh, num_pieces: int
 ) -> Callable[[int], Any]:
-  """`step -> global batch`: step s's tasks, each process drawing its own pieces."""
+  """`step -> global batch`: step s's tasks, each process drawing its own pieces.
+
+  A device sampler makes the whole batch in one jitted program whose output
+  is sharded over the task axis (on several processes, each computes its own
+  devices' rows); its batches do not depend on `num_pieces`.
+  """
+  if isinstance(sampler, sampling.DeviceSampler):
+    sharded = parallel.task_sharded(mesh)
+    return lambda step: sampling.device_batch(
+      sampler, sampling.episode_key(seed, sampling.TRAIN_STREAM, step), meta_batch_size, sharded
+    )
 
   def batch(step: int) -> Any:
     def piece(j: int, n: int) -> Any:
@@ -238,7 +248,10 @@ def meta_train(
   Args:
     learner: the algorithm.
     sampler: `(rng, num_tasks) -> tasks [T, ...]` (numpy, host side), any
-      PyTree with a leading task axis.
+      PyTree with a leading task axis; or `training.on_device((key,
+      num_tasks) -> tasks)` for a family that samples in JAX, whose batches
+      are made on the devices (step s's from `episode_key(seed, TRAIN_STREAM,
+      s)`, sharded over the task axis) and never pass through the host.
     evaluate: the task family's one-task evaluator, `(theta, task, key) ->
       {name: scalar}` (`metalearn.evaluation`), for validation and the final
       evaluation.
@@ -379,9 +392,7 @@ def restore_or_init(
   run: Run, checkpoints: ckpt.Checkpoints
 ) -> tuple[core.MetaTrainState, int | None]:
   """`(state, step)` of the newest readable checkpoint, else `(initial state, None)`."""
-  example = sampling.first_task(
-    run.sampler(sampling.episode_rng(run.seed, sampling.TRAIN_STREAM, 0), 1)
-  )
+  example = sampling.first_task(sampling.draw(run.sampler, run.seed, sampling.TRAIN_STREAM, 0, 1))
   state = core.init_state(run.learner, run.optimizer, jax.random.PRNGKey(run.seed), example)
   state = parallel.replicate(state, run.mesh)
   restored = checkpoints.restore(state)
