@@ -198,3 +198,4 @@ def test_notebook_runs_on_cpu_with_smoke_config(tmp_path):
   assert "pip install" not in out.stdout, "installed already: nothing to fetch"
   assert "device(s): the meta-batch is sharded" in out.stdout
   assert "mse@1" in out.stdout and str(workdir / "sinusoid.png") in out.stdout
+  assert "loaded maml (sinusoid)" in out.stdout and "a new task, adapted on" in out.stdout
