@@ -103,10 +103,9 @@ def test_dict_tasks_train_through_the_meta_step(strategy):
   np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
 
 
-def _train(workdir, num_steps):
-  return training.meta_train(
-    gaussian_start_learner(),
-    sample_tasks,
+def _train(workdir, num_steps, sampler=sample_tasks, **kwargs):
+  """`meta_train` on the toy family: 4 tasks a step, a checkpoint every 5."""
+  args = dict(
     evaluate=evaluate,
     optimizer=optax.adam(0.05),
     num_steps=num_steps,
@@ -121,6 +120,8 @@ def _train(workdir, num_steps):
     eval_batch_size=5,
     verbose=False,
   )
+  args.update(kwargs)
+  return training.meta_train(gaussian_start_learner(), sampler, **args)
 
 
 def test_dict_tasks_train_checkpoint_and_resume_bitwise(tmp_path):
@@ -146,24 +147,7 @@ def sample_tasks_on_device(key: jax.Array, num_tasks: int) -> dict[str, jax.Arra
 
 def train_on_device(workdir, num_steps, **kwargs):
   """`meta_train` on the toy family sampled on the device (also used by parallel_test.py)."""
-  args = dict(
-    evaluate=evaluate,
-    optimizer=optax.adam(0.05),
-    num_steps=num_steps,
-    meta_batch_size=4,
-    workdir=str(workdir),
-    seed=7,
-    eval_every=5,
-    checkpoint_every=5,
-    log_every=5,
-    num_val_tasks=6,
-    num_eval_tasks=10,
-    eval_batch_size=5,
-    verbose=False,
-  )
-  args.update(kwargs)
-  sampler = training.on_device(sample_tasks_on_device)
-  return training.meta_train(gaussian_start_learner(), sampler, **args)
+  return _train(workdir, num_steps, training.on_device(sample_tasks_on_device), **kwargs)
 
 
 def test_a_device_sampler_trains_resumes_bitwise_and_uses_its_keys(tmp_path):
