@@ -4,8 +4,8 @@ Conv4 (64 channels, batch statistics at test time), cross-entropy. 5-way:
 1 inner SGD step with lr 0.4 during meta-training, 3 at test; meta-batch 32
 tasks; Adam 1e-3; 60,000 meta-steps. 20-way: 5 inner steps with lr 0.1,
 meta-batch 16 (`--config.ways=20 --config.learner.inner_steps=5
---config.learner.inner_lr=0.1 --config.meta_batch_size=16 --config.eval_inner_steps=5`). As in the reference
-code (github.com/cbfinn/maml), each class has K query examples in training and
+--config.learner.inner_lr=0.1 --config.meta_batch_size=16 --config.eval_inner_steps=5`).
+As in the reference code (github.com/cbfinn/maml), each class has K query examples in training and
 test episodes (`queries = eval_queries = shots`). Data: the Vinyals split (1,100
 / 100 / 423 characters, rotations as new classes). Evaluation: 1,000 test
 episodes; `accuracy` in eval.json is the accuracy after `eval_inner_steps`.
@@ -32,8 +32,8 @@ ANIL 97.12 ± 0.51%, first-order MAML 88.88 ± 0.87% (paper 98.3 after 60,000).
 iMAML as the authors' released code runs it (16 GD steps at lr 0.1, damped
 system 2u + Hu/12): `--config=experiments/configs/maml_omniglot.py:imaml
 --config.learner.inner_steps=16 --config.learner.inner_lr=0.1 --config.learner.lam=0.01
---config.learner.lam_damping=11.99 --config.learner.damping=1 --config.eval_inner_steps=16`; 95.80 ± 0.60% after
-1,000 meta-steps and 97.08 ± 0.52% after 1,800 on the 2-core CPU (about 4 s a
+--config.learner.lam_damping=11.99 --config.learner.damping=1 --config.eval_inner_steps=16`;
+95.80 ± 0.60% after 1,000 meta-steps and 97.08 ± 0.52% after 1,800 on the 2-core CPU (about 4 s a
 step, 2 h 15 min in all; paper 99.16 after 20,000); 20-way 1-shot (16 tasks a
 step) 78.10 ± 0.58% after 400 meta-steps (54 min; paper 94.46 with 25 inner steps).
 
