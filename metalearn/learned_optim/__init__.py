@@ -1,0 +1,48 @@
+"""Learned optimizers as optax transformations, and their meta-training.
+
+- `lstm`: the coordinatewise LSTM optimizer (`lstm_init`, `lstm_optimizer`,
+  `lstm_update` for MAML's inner loop, `as_sgd`).
+- `quadratic`: the paper's 10-dimensional quadratic optimizees, sampled in
+  JAX (`sample_quadratics`), and `evaluate_optimizer`.
+- `meta_loss`: `lstm_meta_learner`, truncated backpropagation through the
+  optimizee's unroll, as a `core.MetaLearner`.
+
+References:
+  Andrychowicz et al. Learning to learn by gradient descent by gradient
+  descent. NeurIPS 2016.
+"""
+
+from metalearn.learned_optim.lstm import (
+  LSTMState,
+  as_sgd,
+  lstm_init,
+  lstm_optimizer,
+  lstm_step,
+  lstm_update,
+  preprocess_gradient,
+)
+from metalearn.learned_optim.meta_loss import lstm_meta_learner, truncated_unroll
+from metalearn.learned_optim.quadratic import (
+  evaluate_optimizer,
+  initial_params,
+  loss_curve,
+  quadratic_loss,
+  sample_quadratics,
+)
+
+__all__ = [
+  "LSTMState",
+  "as_sgd",
+  "evaluate_optimizer",
+  "initial_params",
+  "loss_curve",
+  "lstm_init",
+  "lstm_meta_learner",
+  "lstm_optimizer",
+  "lstm_step",
+  "lstm_update",
+  "preprocess_gradient",
+  "quadratic_loss",
+  "sample_quadratics",
+  "truncated_unroll",
+]
