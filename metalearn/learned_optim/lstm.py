@@ -23,6 +23,9 @@ What the paper says (arXiv:1606.04474v2):
   and the LSTM's outputs rescaled by 0.1 (the defaults here). Sec. 3.1 (the
   quadratics): "We have not used any preprocessing, nor postprocessing"
   (here: `preprocess=False`, `scale=1.0`).
+- The authors' released code (github.com/deepmind/learning-to-learn,
+  `util.get_default_net_config`) defaults to p = 5 ("k") and an output scale
+  of 0.01; the paper's values are the defaults here.
 
 Departures, each off or neutral at initialisation: the output layer also reads
 the raw gradient through one scalar weight `skip` (zero from `lstm_init`, so
@@ -299,7 +302,8 @@ def lstm_update(
   """
 
   def init(key: PRNGKey, fast: Params) -> LSTMParams:
-    dtype = jax.tree_util.tree_leaves(fast)[0].dtype if jax.tree_util.tree_leaves(fast) else None
+    leaves = jax.tree_util.tree_leaves(fast)
+    dtype = leaves[0].dtype if leaves else None  # the LSTM in the adapted weights' dtype
     return lstm_init(key, hidden=hidden, layers=layers, preprocess=preprocess, dtype=dtype)
 
   transform = lambda theta: lstm_optimizer(theta, scale=scale, p=p, preprocess=preprocess)
