@@ -86,7 +86,7 @@ from experiments import train
 from metalearn import episodes as ep
 from metalearn.data import images as image_utils
 
-IMAGE_SIZE = 28  # the size `experiments.train` loads Omniglot at (load_omniglot's default)
+IMAGE_SIZE = train.IMAGE_SIZE  # the size Omniglot is loaded at for training
 CSV_NAME = "predictions.csv"
 CSV_HEADER = ("file", "predicted_class", "score", "entropy")
 # Methods whose `predict` outputs are scores in (0, 1) reported as they are (not softmaxed).

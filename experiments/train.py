@@ -647,5 +647,5 @@ def load_run(workdir: str):
       "(train it first)"
     )
   learner = build_learner(config)
-  template = jax.eval_shape(learner.init, jax.random.PRNGKey(config.seed), example_task(config))
-  return config, learner, training.latest_theta(workdir, template)
+  theta = training.restore_theta(workdir, learner, example_task(config), config.seed)
+  return config, learner, theta

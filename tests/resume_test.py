@@ -81,9 +81,7 @@ def _theta(workdir):
   with config.unlocked():
     config.hidden = (8, 8)
   example = ep.task(Sinusoid(shots=10, queries=10).sample(np.random.default_rng(0), 1), 0)
-  theta = training.restore_theta(
-    str(workdir), train.build_learner(config), optax.adam(1e-3), example
-  )
+  theta = training.restore_theta(str(workdir), train.build_learner(config), example)
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(theta)]
 
 

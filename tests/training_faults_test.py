@@ -17,40 +17,14 @@ import sys
 
 import jax
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
+from training_test import TASKS, _train  # the same small run (tests/ is on sys.path)
 
-from metalearn import algorithms, evaluation, training
-from metalearn.data.sinusoid import Sinusoid
-from metalearn.models import MLP
+from metalearn import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "configs", "sinusoid.py")
-TASKS = Sinusoid(shots=5, queries=5)
-
-
-def _train(workdir, num_steps, sampler=TASKS.sample, **kwargs):
-  learner = algorithms.maml(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=1)
-  args = dict(
-    optimizer=optax.adam(1e-3),
-    num_steps=num_steps,
-    meta_batch_size=4,
-    workdir=str(workdir),
-    seed=3,
-    eval_every=10,
-    checkpoint_every=10,
-    log_every=5,
-    num_val_tasks=8,
-    num_eval_tasks=12,
-    eval_batch_size=5,
-    verbose=False,
-  )
-  args["evaluate"] = evaluation.regression(
-    evaluation.curve(algorithms.maml, (0, 1, 10), MLP(hidden=(8,)), inner_lr=0.01)
-  )
-  args.update(kwargs)
-  return training.meta_train(learner, sampler, **args)
 
 
 def _poisoned(*bad_steps):

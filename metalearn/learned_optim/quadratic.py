@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metalearn import core
+from metalearn import core, inner
 from metalearn.types import Params, PRNGKey
 
 Task = dict[str, jax.Array]  # {"W": [d, d], "y": [d], "theta0": [d]}
@@ -80,21 +80,14 @@ def loss_curve(
   objective: Objective = quadratic_loss,
   start: Callable[[Any], Params] = initial_params,
 ) -> jax.Array:
-  """Losses along `steps` updates of `optimizer` on ONE task, as a `lax.scan`.
+  """Losses along `steps` updates of `optimizer` on ONE task (`inner.gradient_descent`'s scan).
 
   Returns:
     `[steps + 1]`: `f(theta_0), ..., f(theta_steps)`.
   """
-  phi = start(task)
-
-  def body(carry, _):
-    phi, state = carry
-    loss, grads = jax.value_and_grad(objective)(phi, task)
-    updates, state = optimizer.update(grads, state, phi)
-    return (optax.apply_updates(phi, updates), state), loss
-
-  (phi, _), losses = jax.lax.scan(body, (phi, optimizer.init(phi)), None, length=steps)
-  return jnp.concatenate([losses, objective(phi, task)[None]])
+  loss = lambda phi: objective(phi, task)
+  phi, losses, _ = inner.gradient_descent(loss, start(task), num_steps=steps, optimizer=optimizer)
+  return jnp.concatenate([losses, loss(phi)[None]])
 
 
 def evaluate_optimizer(

@@ -190,28 +190,18 @@ def latest_theta(workdir: str, theta: PyTree) -> PyTree:
   return jax.tree_util.tree_map(jnp.asarray, restored)
 
 
-def restore_theta(
-  workdir: str,
-  learner: core.MetaLearner,
-  optimizer: Any = None,
-  example: Any = None,
-  seed: int = 0,
-) -> PyTree:
+def restore_theta(workdir: str, learner: core.MetaLearner, example: Any, seed: int = 0) -> PyTree:
   """Loads the meta-parameters of the newest checkpoint in `workdir`.
 
   Args:
     workdir: the run's folder.
-    learner: the run's learner (its `init` gives theta's structure).
-    optimizer: unused (theta is restored without the optimizer state); kept
-      so that existing calls keep working.
+    learner: the run's learner (its `init` gives theta's structure; no outer
+      optimizer is needed).
     example: one task (no task axis), as `core.init_state` takes it.
     seed: the run's seed (only theta's structure depends on it: none).
 
   Returns:
     theta as `jax.Array`s.
   """
-  del optimizer
-  if example is None:
-    raise TypeError("restore_theta needs an example task")
   init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
   return latest_theta(workdir, jax.eval_shape(learner.init, init_key, example))

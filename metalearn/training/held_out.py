@@ -9,14 +9,8 @@ import jax
 
 from metalearn import core, parallel
 from metalearn.training.progress import fmt_summary
-from metalearn.training.sampling import num_tasks
 
 Summary = dict[str, dict[str, Any]]
-
-
-def make_eval_step(evaluate: core.EvaluateFn, strategy: str) -> Callable[..., Any]:
-  """The per-task evaluation step `(theta, tasks [T, ...], key) -> metrics [T]`."""
-  return core.make_eval_step(evaluate, strategy=strategy)
 
 
 def sharded(eval_step: Callable[..., Any], mesh: jax.sharding.Mesh) -> Callable[..., Any]:
@@ -28,7 +22,7 @@ def sharded(eval_step: Callable[..., Any], mesh: jax.sharding.Mesh) -> Callable[
 
   def step(theta, batch, key):
     """Per-task metrics `[T]` (numpy) of a host batch."""
-    n = num_tasks(batch)
+    n = core.num_tasks(batch)
     padded = parallel.put_global_batch(parallel.pad_tasks(batch, mesh.size), mesh)
     metrics = parallel.fetch(jitted(theta, padded, parallel.replicate(key, mesh)))
     return {k: v[:n] for k, v in metrics.items()}

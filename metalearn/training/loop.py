@@ -341,7 +341,7 @@ def meta_train(
     workdir=workdir,
     seed=seed,
     schedule=Schedule(num_steps, log_every, eval_every, checkpoint_every, steps_per_call),
-    eval_step=held_out.make_eval_step(evaluate, strategy),
+    eval_step=core.make_eval_step(evaluate, strategy=strategy),
     val_batches=lambda: sampling.fixed_batches(
       val_sampler or eval_sampler, seed, sampling.VAL_STREAM, num_val_tasks, eval_batch_size
     ),
@@ -392,7 +392,7 @@ def restore_or_init(
   run: Run, checkpoints: ckpt.Checkpoints
 ) -> tuple[core.MetaTrainState, int | None]:
   """`(state, step)` of the newest readable checkpoint, else `(initial state, None)`."""
-  example = sampling.first_task(sampling.draw(run.sampler, run.seed, sampling.TRAIN_STREAM, 0, 1))
+  example = core.task(sampling.draw(run.sampler, run.seed, sampling.TRAIN_STREAM, 0, 1), 0)
   state = core.init_state(run.learner, run.optimizer, jax.random.PRNGKey(run.seed), example)
   state = parallel.replicate(state, run.mesh)
   restored = checkpoints.restore(state)

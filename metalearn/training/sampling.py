@@ -89,13 +89,3 @@ def fixed_batches(
     num_tasks -= size
     index += 1
   return out
-
-
-def num_tasks(batch: Any) -> int:
-  """The length of the leading (task) axis of a batch PyTree."""
-  return int(jax.tree_util.tree_leaves(batch)[0].shape[0])
-
-
-def first_task(batch: Any) -> Any:
-  """Task 0 of a batch PyTree, without its task axis."""
-  return jax.tree_util.tree_map(lambda a: a[0], batch)
