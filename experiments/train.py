@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from experiments import families
 from metalearn import algorithms, core, evaluation, parallel, plotting, training
 from metalearn import episodes as ep
 from metalearn.data import omniglot
@@ -186,8 +187,13 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
   `train_and_evaluate` calls it first; call it directly to check a config
   without training.
   """
+  module = families.family(config.get("task"))
+  if module is not None:
+    module.validate(config, workdir)
+    return
   if config.task not in TASKS:
-    _bad("task", config.task, f"unknown task; choose one of {', '.join(TASKS)}")
+    known = (*TASKS, *families.REGISTRY)
+    _bad("task", config.task, f"unknown task; choose one of {', '.join(known)}")
   for field in (
     "shots",
     "queries",
@@ -568,6 +574,9 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
   too). On a multi-process job every process calls this; checkpoints are
   written collectively and process 0 alone writes the other files.
   """
+  module = families.family(config.get("task"))
+  if module is not None:  # a family of its own (experiments/families)
+    return module.train_and_evaluate(config, workdir)
   validate(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_primary():

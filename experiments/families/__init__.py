@@ -1,0 +1,29 @@
+"""Task families whose runs are not supervised episodes (neural processes, learned optimizers, RL).
+
+`experiments.train` handles the supervised families (`sinusoid`, `omniglot`)
+itself. Any other `config.task` is looked up here: `REGISTRY` maps the task's
+name to the module that runs it, imported only when a run asks for it. Such a
+module provides
+
+- `validate(config, workdir) -> None`: raises `experiments.train.ConfigError`
+  (one line naming the flag) for any bad value, touching nothing on disk;
+- `train_and_evaluate(config, workdir) -> dict`: validates, meta-trains through
+  `metalearn.training.meta_train`, evaluates, writes `config.json`,
+  `eval.json` and its figures into `workdir`, and returns the eval summary.
+
+Its config files live in `experiments/configs/` like the others, so the binary
+(`experiments/meta_train.py`) runs every family the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+REGISTRY: dict[str, str] = {}
+
+
+def family(task: str) -> ModuleType | None:
+  """The module that runs `task`, or None for the supervised families of `experiments.train`."""
+  name = REGISTRY.get(task)
+  return importlib.import_module(name) if name is not None else None
