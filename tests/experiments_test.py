@@ -326,3 +326,28 @@ def test_a_resumed_run_appends_to_config_json_and_keeps_the_record(tmp_path):
     config.sample_shards, config.on_nonfinite = 0, "skip"
   with pytest.raises(train.ConfigError, match="on_nonfinite='raise'"):
     train.validate(config, str(tmp_path))
+
+
+def test_a_task_of_its_own_family_is_run_by_its_module(tmp_path, monkeypatch):
+  # experiments.families: validate and train_and_evaluate go to the family's module.
+  import types
+
+  from experiments import families
+
+  calls = []
+  module = types.ModuleType("toy_family")
+  module.validate = lambda config, workdir: calls.append(("validate", config.task))
+  module.train_and_evaluate = lambda config, workdir: calls.append(("train", workdir)) or {"x": 1}
+  monkeypatch.setitem(sys.modules, "toy_family", module)
+  monkeypatch.setitem(families.REGISTRY, "toy", "toy_family")
+  config = sinusoid.get_config("smoke")
+  with config.unlocked():
+    config.task = "toy"
+  train.validate(config, str(tmp_path / "run"))
+  assert train.train_and_evaluate(config, str(tmp_path / "run")) == {"x": 1}
+  assert calls == [("validate", "toy"), ("train", str(tmp_path / "run"))]
+  assert families.family("sinusoid") is None
+  with config.unlocked():
+    config.task = "nonesuch"
+  with pytest.raises(train.ConfigError, match="unknown task; choose one of sinusoid, omniglot, "):
+    train.validate(config, str(tmp_path / "run"))
