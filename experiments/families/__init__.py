@@ -20,7 +20,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+  "gp": "experiments.families.gp",  # GP curves: neural processes (CNP, NP, ANP)
+  "lopt": "experiments.families.lopt",  # learned optimizers on optimizee families
+  "navigation": "experiments.families.navigation",  # 2-D navigation: MAML-RL, E-MAML
+  "bandit": "experiments.families.bandit",  # Bernoulli bandits: RL², classical baselines
+  "tabular_mdp": "experiments.families.tabular_mdp",  # random tabular MDPs: RL², baselines
+}
 
 
 def family(task: str) -> ModuleType | None:
