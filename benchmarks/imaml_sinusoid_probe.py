@@ -11,7 +11,8 @@ prints the last meta-loss, the last CG residual and the query MSE on 200
 held-out tasks after 0, 1, 10 and K proximal inner steps; `--eval_every=N` adds
 a trace line every N meta-steps (loss, CG residual, inner gradient norm at phi,
 held-out MSE), and `--inner_optimizer=adam` swaps the inner SGD for Adam at the
-same rate. docs/results.md uses it to show where iMAML on sinusoid stands.
+same rate (`newton`: damped Newton-CG steps, `--newton_cg_steps` CG iterations
+each; inner_lr is then unused). docs/results.md uses it to show where iMAML on sinusoid stands.
 """
 
 import time
@@ -37,8 +38,12 @@ _EVAL_EVERY = flags.DEFINE_integer(
   "eval_every", 0, "also evaluate and print a trace line every this many meta-steps (0: off)"
 )
 _OPTIMIZER = flags.DEFINE_enum(
-  "inner_optimizer", "sgd", ["sgd", "adam"], "inner optimizer (adam: optax.adam(inner_lr))"
+  "inner_optimizer",
+  "sgd",
+  ["sgd", "adam", "newton"],
+  "inner optimizer (adam: optax.adam(inner_lr); newton: damped Newton-CG, inner_lr unused)",
 )
+_NEWTON_CG = flags.DEFINE_integer("newton_cg_steps", 10, "CG iterations per Newton step")
 _OUT = flags.DEFINE_string("out", None, "write the results as JSON here")
 
 
@@ -54,6 +59,8 @@ def probe(lr, steps, lam, cg_steps, damping, clip=0.0, lam_damping=0.0):
     inner_clip=clip,
     inner_optimizer=optax.adam(lr) if _OPTIMIZER.value == "adam" else None,
   )
+  if _OPTIMIZER.value == "newton":
+    kwargs.update(inner_solver="newton", newton_cg_steps=_NEWTON_CG.value)
   learner = algorithms.imaml(MLP(), inner_steps=steps, **kwargs)
   curve = evaluation.curve(algorithms.imaml, eval_steps, MLP(), **kwargs)
   opt = optax.adam(1e-3)
@@ -88,6 +95,7 @@ def probe(lr, steps, lam, cg_steps, damping, clip=0.0, lam_damping=0.0):
     "inner_clip": clip,
     "lam_damping": lam_damping,
     "inner_optimizer": _OPTIMIZER.value,
+    "newton_cg_steps": _NEWTON_CG.value if _OPTIMIZER.value == "newton" else None,
     "nonfinite_steps": nonfinite,
     "loss": float(metrics["loss"]),
     "cg_residual": float(metrics["cg_residual"]),

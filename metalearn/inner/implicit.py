@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -116,16 +117,81 @@ def proximal_loss(loss_fn: LossFn, theta: Params, lam: float) -> LossFn:
   return loss
 
 
+class Newton(NamedTuple):
+  """The proximal problem's inner solver as damped Newton steps (pass it as `optimizer`).
+
+  Each step solves `(H + lam I) d = grad F(phi)`, with F the proximal
+  objective and H the inner loss's Hessian at phi, by `cg_steps` iterations of
+  truncated CG (stopping at a direction of non-positive curvature, so d is a
+  descent direction), then takes the largest step `t d`, t in
+  `1, 1/2, ..., 2^-(backtracks-1)`, that decreases F by Armijo's rule
+  (`F(phi - t d) <= F(phi) - 1e-4 t <grad F, d>`; no step when none does).
+  The proximal term makes `H + lam I` positive definite wherever
+  `lam > -lambda_min(H)`, and on a loss that is quadratic in phi one step
+  with enough CG iterations is the exact minimiser.
+
+  Attributes:
+    cg_steps: CG iterations per Newton step, >= 1 (the system has as many
+      unknowns as phi, but its distinct eigenvalues are few when the support
+      set is small: H has rank at most the number of support outputs for a
+      squared loss near a fit).
+    backtracks: step sizes tried per Newton step, >= 1.
+
+  References: Nocedal, Wright. Numerical Optimization, 2nd ed., 2006,
+  Algorithm 7.1 (line-search Newton-CG) and Sec. 3.1 (Armijo backtracking).
+  """
+
+  cg_steps: int = 10
+  backtracks: int = 10
+
+
+def newton_solve(
+  loss_fn: LossFn, theta: Params, *, lam: float, num_steps: int, newton: Newton
+) -> Params:
+  """`num_steps` damped Newton steps (`Newton`) on the proximal problem, started at theta.
+
+  Args:
+    loss_fn: `phi -> scalar`, the inner (support) loss.
+    theta: the proximal centre and the starting point.
+    lam: proximal weight, > 0.
+    num_steps: Newton steps, a static int >= 0 (a `lax.scan`).
+    newton: the step's settings.
+
+  Returns:
+    phi, shaped like theta.
+  """
+  check_steps(num_steps)
+  if newton.cg_steps < 1 or newton.backtracks < 1:
+    raise ValueError(f"Newton needs cg_steps >= 1 and backtracks >= 1, got {newton}")
+  objective = proximal_loss(loss_fn, theta, lam)
+  sizes = 0.5 ** jnp.arange(newton.backtracks)
+
+  def step(phi, _):
+    grad_inner, matvec = implicit_system(loss_fn, phi, lam)  # v -> (I + H / lam) v
+    g = jax.tree_util.tree_map(lambda a, p, t: a + lam * (p - t), grad_inner, phi, theta)
+    rhs = jax.tree_util.tree_map(lambda a: a / lam, g)
+    d, _ = cg.conjugate_gradient(matvec, rhs, num_steps=newton.cg_steps)  # (H + lam I) d = g
+    slope = optax.tree_utils.tree_vdot(g, d)
+    moved = lambda t: jax.tree_util.tree_map(lambda p, v: p - (t * v).astype(p.dtype), phi, d)
+    values = jax.vmap(lambda t: objective(moved(t)))(sizes)
+    accepted = values <= objective(phi) - 1e-4 * sizes * slope
+    t = jnp.where(jnp.any(accepted) & (slope > 0), sizes[jnp.argmax(accepted)], 0.0)
+    return moved(t), None
+
+  phi, _ = jax.lax.scan(step, theta, None, length=num_steps)
+  return phi
+
+
 def proximal_solve(
   loss_fn: LossFn,
   theta: Params,
   *,
   lam: float,
   num_steps: int,
-  optimizer: optax.GradientTransformation,
+  optimizer: optax.GradientTransformation | Newton,
   remat: bool = False,
 ) -> Params:
-  """`num_steps` steps of `optimizer` on the proximal problem, started at theta.
+  """`num_steps` steps of `optimizer` (or of `Newton`) on the proximal problem, started at theta.
 
   Plain autodiff: `jax.grad` through the result differentiates the unrolled
   inner loop (what `implicit_solve` avoids), which is what the tests compare
@@ -136,12 +202,15 @@ def proximal_solve(
     theta: the meta-parameters, the proximal centre and the starting point.
     lam: proximal weight, > 0.
     num_steps: K, a static int >= 0.
-    optimizer: the inner optimizer (e.g. `inner.sgd(lr)` or `optax.adam(lr)`).
-    remat: as in `gradient_descent`.
+    optimizer: the inner optimizer (e.g. `inner.sgd(lr)` or `optax.adam(lr)`),
+      or `Newton(...)` for damped Newton-CG steps.
+    remat: as in `gradient_descent` (optax optimizers only).
 
   Returns:
     phi_K, shaped like theta.
   """
+  if isinstance(optimizer, Newton):
+    return newton_solve(loss_fn, theta, lam=lam, num_steps=num_steps, newton=optimizer)
   phi, _, _ = gradient_descent(
     proximal_loss(loss_fn, theta, lam),
     theta,
@@ -248,7 +317,7 @@ def implicit_solve(
   *,
   lam: float,
   num_steps: int,
-  optimizer: optax.GradientTransformation,
+  optimizer: optax.GradientTransformation | Newton,
   solver: str | Solver = "cg",
   cg_steps: int = 5,
   damping: float = 0.0,
@@ -265,7 +334,7 @@ def implicit_solve(
       support split.
     lam: proximal weight, > 0.
     num_steps: K, inner optimizer steps (static int >= 0).
-    optimizer: the inner optimizer.
+    optimizer: the inner optimizer, or `Newton(...)` (damped Newton-CG steps).
     solver: `"cg"`, `"neumann"` or a `Solver` (see `make_solver`).
     cg_steps: iterations of the named solver (CG iterations or Neumann terms), >= 1;
       the same knob as `imaml(..., cg_steps)`.
@@ -314,7 +383,7 @@ def implicit_meta_loss(
   *,
   lam: float,
   num_steps: int,
-  optimizer: optax.GradientTransformation,
+  optimizer: optax.GradientTransformation | Newton,
   solver: str | Solver = "cg",
   cg_steps: int = 5,
   damping: float = 0.0,
@@ -332,7 +401,7 @@ def implicit_meta_loss(
     outer_loss: `(phi, data) -> (scalar, aux)`, the query loss and metrics.
     lam: proximal weight, > 0.
     num_steps: K, inner optimizer steps (static int >= 0).
-    optimizer: the inner optimizer.
+    optimizer: the inner optimizer, or `Newton(...)` (damped Newton-CG steps).
     solver: `"cg"`, `"neumann"` or a `Solver` (see `make_solver`).
     cg_steps: iterations of the named solver (CG iterations or Neumann terms), >= 1;
       the same knob as `imaml(..., cg_steps)`.

@@ -253,3 +253,14 @@ def test_inner_clip_bounds_each_step_and_is_inert_when_loose(sinusoid_batch):
     strict=True,
   ):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_imaml_inner_solver_arguments():
+  from metalearn.models import MLP
+
+  with pytest.raises(ValueError, match="inner_solver"):
+    algorithms.imaml(MLP(), inner_solver="lbfgs")
+  with pytest.raises(ValueError, match="inner_optimizer"):
+    algorithms.imaml(MLP(), inner_solver="newton", inner_optimizer=optax.adam(0.1))
+  with pytest.raises(ValueError, match="newton_cg_steps"):
+    algorithms.imaml(MLP(), inner_solver="newton", newton_cg_steps=0)
