@@ -4,14 +4,17 @@
   `lstm_update` for MAML's inner loop, `as_sgd`).
 - `quadratic`: the paper's 10-dimensional quadratic optimizees, sampled in
   JAX (`sample_quadratics`), and `evaluate_optimizer`.
-- `meta_loss`: `lstm_meta_learner`, truncated backpropagation through the
-  optimizee's unroll, as a `core.MetaLearner`.
+- `meta_loss`: `lstm_meta_learner`, the LSTM meta-trained through the
+  optimizee's unroll (`optimizee_unroll`), as a `core.MetaLearner`.
+- `estimators`: meta-gradients of an unrolled objective, `tbptt`, `es` and
+  `pes` (Vicol et al. 2021), one signature.
 
 References:
   Andrychowicz et al. Learning to learn by gradient descent by gradient
   descent. NeurIPS 2016.
 """
 
+from metalearn.learned_optim.estimators import ESTIMATORS, Unrolled, es, estimator, pes, tbptt
 from metalearn.learned_optim.lstm import (
   LSTMState,
   as_sgd,
@@ -21,7 +24,7 @@ from metalearn.learned_optim.lstm import (
   lstm_update,
   preprocess_gradient,
 )
-from metalearn.learned_optim.meta_loss import lstm_meta_learner, truncated_unroll
+from metalearn.learned_optim.meta_loss import UnrollState, lstm_meta_learner, optimizee_unroll
 from metalearn.learned_optim.quadratic import (
   evaluate_optimizer,
   initial_params,
@@ -31,8 +34,13 @@ from metalearn.learned_optim.quadratic import (
 )
 
 __all__ = [
+  "ESTIMATORS",
   "LSTMState",
+  "UnrollState",
+  "Unrolled",
   "as_sgd",
+  "es",
+  "estimator",
   "evaluate_optimizer",
   "initial_params",
   "loss_curve",
@@ -41,8 +49,10 @@ __all__ = [
   "lstm_optimizer",
   "lstm_step",
   "lstm_update",
+  "optimizee_unroll",
+  "pes",
   "preprocess_gradient",
   "quadratic_loss",
   "sample_quadratics",
-  "truncated_unroll",
+  "tbptt",
 ]

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metalearn import core, inner
+from metalearn import core
 from metalearn.types import Params, PRNGKey
 
 Task = dict[str, jax.Array]  # {"W": [d, d], "y": [d], "theta0": [d]}
@@ -59,8 +59,13 @@ def sample_quadratics(
   }
 
 
-def quadratic_loss(theta: jax.Array, task: Task) -> jax.Array:
-  """`f(theta) = ||W theta - y||^2` for ONE task: theta `[d]`, W `[d, d]`, y `[d]` -> `[]`."""
+def quadratic_loss(theta: jax.Array, task: Task, t: jax.Array | None = None) -> jax.Array:
+  """`f(theta) = ||W theta - y||^2` for ONE task: theta `[d]`, W `[d, d]`, y `[d]` -> `[]`.
+
+  `t`, the optimizee's step (which picks a minibatch in stochastic families,
+  e.g. `mnist`), is ignored: the quadratic is deterministic.
+  """
+  del t
   return jnp.sum(jnp.square(task["W"] @ theta - task["y"]))
 
 
@@ -69,7 +74,9 @@ def initial_params(task: Task) -> jax.Array:
   return task["theta0"]
 
 
-Objective = Callable[[Params, Any], jax.Array]
+# `(params, task, t) -> []`: the optimizee's loss at its step t (an int32 scalar;
+# stochastic families draw step t's minibatch from it, the quadratic ignores it).
+Objective = Callable[[Params, Any, jax.Array], jax.Array]
 
 
 def loss_curve(
@@ -80,14 +87,26 @@ def loss_curve(
   objective: Objective = quadratic_loss,
   start: Callable[[Any], Params] = initial_params,
 ) -> jax.Array:
-  """Losses along `steps` updates of `optimizer` on ONE task (`inner.gradient_descent`'s scan).
+  """Losses along `steps` updates of `optimizer` on ONE task, as a `lax.scan`.
+
+  Step t takes the gradient of `objective(phi_t, task, t)` (step t's
+  minibatch in a stochastic family) and records that loss.
 
   Returns:
-    `[steps + 1]`: `f(theta_0), ..., f(theta_steps)`.
+    `[steps + 1]`: `f_0(theta_0), ..., f_steps(theta_steps)`.
   """
-  loss = lambda phi: objective(phi, task)
-  phi, losses, _ = inner.gradient_descent(loss, start(task), num_steps=steps, optimizer=optimizer)
-  return jnp.concatenate([losses, loss(phi)[None]])
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+    raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+
+  def step(carry, t):
+    phi, state = carry
+    loss, grads = jax.value_and_grad(objective)(phi, task, t)
+    updates, state = optimizer.update(grads, state, phi)
+    return (optax.apply_updates(phi, updates), state), loss
+
+  phi = start(task)
+  (phi, _), losses = jax.lax.scan(step, (phi, optimizer.init(phi)), jnp.arange(steps))
+  return jnp.concatenate([losses, objective(phi, task, jnp.asarray(steps))[None]])
 
 
 def evaluate_optimizer(
@@ -105,7 +124,7 @@ def evaluate_optimizer(
     optimizer: e.g. `lstm_optimizer(theta)` or `optax.adam(0.1)`.
     tasks: a batch of tasks `[T, ...]`, e.g. from `sample_quadratics`.
     steps: number of updates, static.
-    objective: `(params, task) -> []`.
+    objective: `(params, task, t) -> []`.
     start: `task -> params` where each run starts.
     strategy: how tasks are batched (`core.batch_over_tasks`).
 
