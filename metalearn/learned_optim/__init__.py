@@ -6,6 +6,12 @@
   JAX (`sample_quadratics`), and `evaluate_optimizer`.
 - `meta_loss`: `lstm_meta_learner`, the LSTM meta-trained through the
   optimizee's unroll (`optimizee_unroll`), as a `core.MetaLearner`.
+- `mnist`: the paper's MNIST MLP optimizee (IDX files from a directory or
+  tensorflow-datasets).
+- `baselines`: Adam, RMSprop, momentum and Nesterov with tuned rates, and the
+  comparison table.
+- `step_size`: a learned step size on a long-horizon quadratic, whose
+  truncation bias is known in closed form.
 - `estimators`: meta-gradients of an unrolled objective, `tbptt`, `es` and
   `pes` (Vicol et al. 2021), one signature.
 
