@@ -49,7 +49,8 @@ def fisher_vector_product(
 
 def _vdot(a: PyTree, b: PyTree) -> jax.Array:
   return sum(
-    jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    jnp.vdot(x, y)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
   )
 
 

@@ -194,12 +194,12 @@ def test_trpo_keeps_theta_when_no_trial_is_accepted():
   kl = lambda p: jnp.mean(ro.gaussian_kl(*old, *policy.distribution(p, obs)))
   new, info = trpo.trpo_step(loss, kl, params)
   assert not bool(info.accepted)
-  for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params)):
+  for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
 def test_maml_trpo_meta_grad_is_a_kl_bounded_step():
-  """The learner's meta_grad is theta - theta_TRPO; the step keeps the post-adaptation KL <= 0.01."""
+  """meta_grad is theta - theta_TRPO, a step that keeps the post-adaptation KL <= 0.01."""
   env, policy = nav.Navigation2D(), ro.gaussian_mlp(2)
   learner = mr.maml_rl(env, policy, num_trajectories=4)
   goals = nav.sample_tasks(jax.random.PRNGKey(0), 3)
