@@ -1,7 +1,7 @@
 r"""Evaluates a trained Omniglot run on held-out episodes of another N-way K-shot setting.
 
   python -m experiments.evaluate --workdir=runs/protonet_omniglot --ways=20 --shots=5 \
-      [--queries=5] [--num_tasks=1000] [--out=FILE.json]
+      [--queries=5] [--num_tasks=1000] [--scoring=batch|with_support|alone] [--out=FILE.json]
 
 Prototypical Networks are trained on one episode shape and reported on several
 (Snell et al. train 1-shot models on 60-way episodes and test 5- and 20-way);
@@ -19,6 +19,15 @@ large episodes: `default_batch_size`). Each batch is drawn from its own seed,
 so the batch size also picks the episodes: pass the same `--batch_size` (the
 run's `eval_batch_size` for its own setting) to reproduce a number.
 
+`--scoring` says how the query images of an episode are scored: `batch` (the
+default; all queries of the episode as one batch, as training and the papers'
+evaluations do, transductive where the model normalises with batch
+statistics, as Conv4 does), `with_support` (each query on its own, in a batch
+with the support images: `experiments.predict.score_each`, what `predict` does
+by default) or `alone` (each query as a batch of one image). The result names
+its scoring and is written to `eval_<ways>way_<shots>shot_<scoring>.json`
+unless the scoring is `batch`.
+
 Gradient-based methods have a head with the run's `ways` outputs: they can
 change shots and queries, not ways, and report accuracy after the run's
 `eval_inner_steps` inner steps.
@@ -32,8 +41,8 @@ import time
 import jax
 from absl import app, flags, logging
 
-from experiments import train
-from metalearn import core, training
+from experiments import predict, train
+from metalearn import core, evaluation, training
 from metalearn.data.sampler import EpisodicSampler
 
 MAX_BATCH = 100
@@ -68,6 +77,7 @@ def evaluate(
   queries: int | None = None,
   num_tasks: int = 1000,
   batch_size: int | None = None,
+  scoring: str = "batch",
   verbose: bool = True,
 ) -> dict:
   """Accuracy of the run in `workdir` on test episodes of the given shape.
@@ -80,12 +90,13 @@ def evaluate(
     batch_size: episodes per compiled evaluation call, > 0 (default:
       `default_batch_size` of the shape). Each batch has its own seed, so this
       also selects the episodes drawn.
+    scoring: `batch`, `with_support` or `alone` (see the module docstring).
     verbose: print progress and the result.
 
   Returns:
     `{"method", "trained": {"ways", "shots"}, "ways", "shots", "queries",
-    "num_tasks", "batch_size", "metrics": {name: {"mean", "ci95", "n", "nonfinite"}}}`, with
-    `accuracy` among the metrics.
+    "num_tasks", "batch_size", "scoring", "metrics": {name: {"mean", "ci95", "n",
+    "nonfinite"}}}`, with `accuracy` among the metrics.
 
   Raises:
     FileNotFoundError: the run, its config or its checkpoints are missing.
@@ -104,6 +115,8 @@ def evaluate(
   for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1)):
     check(name, value, low)
   check("num_tasks", num_tasks, 1)
+  if scoring not in predict.SCORINGS:
+    raise ValueError(f"--scoring={scoring!r}: choose one of {', '.join(predict.SCORINGS)}")
   batch_size = default_batch_size(ways, queries) if batch_size is None else batch_size
   check("batch_size", batch_size, 1)
   if not train.changes_ways(config) and ways != train_ways:
@@ -119,7 +132,7 @@ def evaluate(
   batches = training.fixed_batches(
     test_sampler, config.seed, training.TEST_STREAM, num_tasks, min(batch_size, num_tasks)
   )
-  eval_step = jax.jit(core.make_eval_step(train.evaluator(config), strategy=config.strategy))
+  eval_step = jax.jit(core.make_eval_step(_evaluator(config, scoring), strategy=config.strategy))
   start = time.time()
   summary = core.evaluate(eval_step, theta, batches, jax.random.PRNGKey(config.seed + 1))
   summary = train.with_plain_accuracy(config, summary)
@@ -131,17 +144,29 @@ def evaluate(
     "queries": queries,
     "num_tasks": num_tasks,
     "batch_size": batch_size,
+    "scoring": scoring,
     "metrics": summary,
   }
   if verbose:
     acc = summary["accuracy"]
     print(
-      f"[{config.method}] {ways}-way {shots}-shot, {num_tasks} test episodes "
+      f"[{config.method}] {ways}-way {shots}-shot, {num_tasks} test episodes, {scoring} "
       f"({time.time() - start:.0f} s): accuracy {100 * acc['mean']:.2f} +- "
       f"{100 * acc['ci95']:.2f}%",
       flush=True,
     )
   return report
+
+
+def _evaluator(config, scoring: str) -> core.EvaluateFn:
+  """`train.evaluator(config)` with its learners' queries scored as `scoring` says."""
+  learners = train.curve_learners(config)
+  wrap = lambda learner: learner._replace(adapt=predict.scored_adapt(learner.adapt, scoring))
+  if isinstance(learners, core.MetaLearner):
+    learners = wrap(learners)
+  else:
+    learners = {k: wrap(learner) for k, learner in learners.items()}
+  return evaluation.supervised(learners, train.OBJECTIVES[config.task])
 
 
 def _test_sampler(config) -> EpisodicSampler:
@@ -170,10 +195,13 @@ def main(argv):
       queries=f.queries,
       num_tasks=f.num_tasks,
       batch_size=f.batch_size,
+      scoring=f.scoring,
     )
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
-  out = f.out or os.path.join(f.workdir, f"eval_{report['ways']}way_{report['shots']}shot.json")
+  suffix = "" if f.scoring == "batch" else f"_{f.scoring}"
+  name = f"eval_{report['ways']}way_{report['shots']}shot{suffix}.json"
+  out = f.out or os.path.join(f.workdir, name)
   training.write_json_atomic(out, report)
   print(f"wrote {out}", flush=True)
 
@@ -188,7 +216,15 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     "batch_size", None, "episodes per compiled evaluation call (default: by episode size)"
   )
-  flags.DEFINE_string("out", None, "JSON file (default: <workdir>/eval_<W>way_<S>shot.json)")
+  flags.DEFINE_enum(
+    "scoring",
+    "batch",
+    ["batch", "with_support", "alone"],
+    "queries as one batch (transductive), each beside the support set, or each alone",
+  )
+  flags.DEFINE_string(
+    "out", None, "JSON file (default: <workdir>/eval_<W>way_<S>shot[_<scoring>].json)"
+  )
   flags.mark_flag_as_required("workdir")
 
 

@@ -12,12 +12,17 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from experiments import evaluate, predict, train
 from experiments.configs import maml_omniglot, protonet_omniglot, sinusoid
+from metalearn import algorithms
+from metalearn import episodes as ep
+from metalearn.models import MLP, Conv4
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,9 +124,10 @@ def test_binary_writes_one_row_per_query(protonet_run, tmp_path):
 def test_copies_of_the_support_images_get_their_own_class(protonet_run, tmp_path):
   """1-shot support; the queries are the support images again, renamed and reordered.
 
-  The query batch then holds the same images as the support batch, so the
-  batch statistics agree and each query's embedding is its class prototype
-  (up to rounding): distance 0, the arg-max for any theta with distinct embeddings.
+  Scored as one batch (`transductive`), the query batch holds the same images
+  as the support batch, so the batch statistics agree and each query's
+  embedding is its class prototype (up to rounding): distance 0, the arg-max
+  for any theta with distinct embeddings.
   """
   classes = ["k0", "k1", "k2", "k3"]
   support, query = _folders(str(tmp_path), classes, shots=1, queries=0)
@@ -130,7 +136,7 @@ def test_copies_of_the_support_images_get_their_own_class(protonet_run, tmp_path
   for i, name in zip([2, 0, 3, 1], classes, strict=True):  # sorted query order != class order
     shutil.copy(os.path.join(support, name, "0.png"), os.path.join(query, f"copy{i}.png"))
     source[f"copy{i}.png"] = name
-  result = predict.predict(protonet_run, support, query)
+  result = predict.predict(protonet_run, support, query, transductive=True)
   assert result.files == sorted(source)
   assert result.predicted == [source[f] for f in result.files]
   assert result.classes == classes and result.shots == dict.fromkeys(classes, 1)
@@ -193,8 +199,9 @@ def test_images_are_classified_as_they_look(protonet_run, tmp_path):
   EXIF-rotated PNG and JPEG, and twice the size, is classified as the plain drawing.
 
   1-shot support of the plain grayscale drawings; the queries are all the
-  variants of all drawings, so (as in the test above) the query batch has the
-  support batch's statistics and each query sits on its own class's prototype.
+  variants of all drawings, scored as one batch, so (as in the test above) the
+  query batch has the support batch's statistics and each query sits on its own
+  class's prototype.
   """
   fixtures = _image_fixtures()
   shapes = ["cross", "ring", "ell", "tee"]
@@ -207,7 +214,7 @@ def test_images_are_classified_as_they_look(protonet_run, tmp_path):
         (tmp_path / "support" / shape / "0.png").write_bytes(data)
       ext = "jpg" if "jpeg" in name else "png"
       (query / f"{shape} {name}.{ext}").write_bytes(data)
-  result = predict.predict(protonet_run, str(tmp_path / "support"), str(query))
+  result = predict.predict(protonet_run, str(tmp_path / "support"), str(query), transductive=True)
   assert len(result.files) == 4 * 9
   assert {f: p for f, p in zip(result.files, result.predicted, strict=True)} == {
     f: f.split(" ")[0] for f in result.files
@@ -461,3 +468,89 @@ def test_evaluate_a_run_with_a_learning_rate_schedule(tmp_path, monkeypatch):
     str(tmp_path), num_tasks=config.num_eval_tasks, batch_size=config.eval_batch_size
   )
   np.testing.assert_allclose(report["metrics"]["accuracy"]["mean"], expected["mean"], rtol=1e-6)
+
+
+def _probabilities_by_file(result):
+  return dict(zip(result.files, result.probabilities, strict=True))
+
+
+def test_a_querys_prediction_does_not_depend_on_the_other_queries(protonet_run, tmp_path):
+  """Removing or adding query images leaves the others' class probabilities as they were.
+
+  Conv4 normalises with its batch's statistics, so scored as one batch
+  (`transductive=True`, the behaviour before inductive scoring) the same image
+  gets other probabilities beside other queries; scored on its own (the
+  default) it does not.
+  """
+  support, query = _folders(str(tmp_path), ("a", "b", "c"), shots=2, queries=6)
+  names = sorted(os.listdir(query))
+  fewer = tmp_path / "fewer"
+  more = tmp_path / "more"
+  fewer.mkdir()
+  shutil.copytree(query, more)
+  for name in names[1:3]:
+    shutil.copy(os.path.join(query, name), fewer / name)
+  for i in range(5):
+    _save(str(more / f"z_extra{i}.png"), 500 + i)
+  runs = {d: predict.predict(protonet_run, support, str(d)) for d in (query, fewer, more)}
+  everything = _probabilities_by_file(runs[query])
+  for folder in (fewer, more):
+    for name, p in _probabilities_by_file(runs[folder]).items():
+      if name in everything:
+        np.testing.assert_allclose(p, everything[name], rtol=1e-5, atol=1e-6)
+  assert not runs[query].transductive
+  # The transductive flag keeps the batch behaviour, under which the same images differ.
+  together = {d: predict.predict(protonet_run, support, str(d), transductive=True) for d in runs}
+  assert together[query].transductive
+  everything = _probabilities_by_file(together[query])
+  gaps = [
+    np.max(np.abs(p - everything[name]))
+    for folder in (fewer, more)
+    for name, p in _probabilities_by_file(together[folder]).items()
+    if name in everything
+  ]
+  assert max(gaps) > 1e-3
+
+
+def test_scorings_agree_for_a_model_without_batch_statistics():
+  """A per-example embedding: batch, with_support and alone give the same outputs;
+  with_support is row n of the predictor on [support; query]."""
+  rng = np.random.default_rng(0)
+  xs, xq = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+  support = ep.make_split(jnp.asarray(xs), jnp.arange(6) % 3)
+  episode = ep.Episode(support, ep.make_split(jnp.asarray(xq), jnp.arange(4) % 3))
+  learner = algorithms.protonet(MLP(hidden=(8,), out=4), ways=3)
+  theta = learner.init(jax.random.PRNGKey(0), episode)
+  outs = {
+    s: predict.scored_adapt(learner.adapt, s)(theta, support, None)(jnp.asarray(xq))
+    for s in predict.SCORINGS
+  }
+  for s in ("with_support", "alone"):
+    np.testing.assert_allclose(outs[s], outs["batch"], rtol=1e-5, atol=1e-6)
+  # With Conv4 (batch statistics) the three differ, and with_support is row n of [support; x_i].
+  images = rng.uniform(size=(7, 16, 16, 1)).astype(np.float32)
+  support = ep.make_split(jnp.asarray(images[:3]), jnp.arange(3))
+  episode = ep.Episode(support, ep.make_split(jnp.asarray(images[3:]), jnp.arange(4) % 3))
+  learner = algorithms.protonet(Conv4(ways=None, channels=4, blocks=2), ways=3)
+  theta = learner.init(jax.random.PRNGKey(0), episode)
+  predictor = learner.adapt(theta, support, None)
+  each = predict.scored_adapt(learner.adapt, "with_support")(theta, support, None)(images[3:])
+  for i in range(4):
+    row = predictor(jnp.asarray(np.concatenate([images[:3], images[3 + i : 4 + i]])))[-1]
+    np.testing.assert_allclose(each[i], row, rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(each - predictor(jnp.asarray(images[3:]))))) > 1e-3
+  with pytest.raises(ValueError, match="scoring must be one of"):
+    predict.scored_adapt(learner.adapt, "transductive")
+
+
+def test_evaluate_scorings(protonet_run, monkeypatch):
+  """evaluate --scoring: batch is the run's own evaluation; the others are named in the report."""
+  monkeypatch.setattr(train, "load_omniglot", _fake_omniglot)
+  reports = {
+    s: evaluate.evaluate(protonet_run, num_tasks=4, batch_size=2, scoring=s)
+    for s in ("batch", "with_support", "alone")
+  }
+  for s, report in reports.items():
+    assert report["scoring"] == s and report["metrics"]["accuracy"]["n"] == 4
+  with pytest.raises(ValueError, match="--scoring='x': choose one of"):
+    evaluate.evaluate(protonet_run, scoring="x")
