@@ -272,7 +272,9 @@ def upgrade_argv(argv: list[str]) -> tuple[list[str], list[str]]:
   current = method
   if current is None and config_at is not None:
     extra = out[config_at].partition(":")[2]
-    current, _ = _common.parse_arg(extra, None) if extra else (None, False)
+    # A family of experiments/families names its own methods: only algorithms' count here.
+    known = [p for p in extra.split(",") if p == "smoke" or p in algorithms.REGISTRY]
+    current, _ = _common.parse_arg(",".join(known), None) if known else (None, False)
   accepted = algorithms.hyperparameters(current) if current in algorithms.REGISTRY else None
   upgraded = []
   for arg in out:

@@ -132,6 +132,7 @@ def lstm_meta_learner(
   num_pairs: int = 8,
   hidden: int = 20,
   layers: int = 2,
+  skip: bool = True,
   scale: float = 0.1,
   p: float = 10.0,
   preprocess: bool = True,
@@ -159,6 +160,11 @@ def lstm_meta_learner(
     sigma: ES / PES perturbation standard deviation.
     num_pairs: ES / PES antithetic pairs per task.
     hidden, layers: the LSTM's size (`lstm_init`).
+    skip: the read-out's weight on the raw gradient (`lstm_init`; zero at
+      initialisation). ES and PES perturb it with the rest, and since the
+      raw gradients of a quadratic are large, sigma = 1e-3 on it already makes
+      some perturbed optimizers diverge within 100 steps; `skip=False` is the
+      paper's read-out.
     scale, p, preprocess: the optimizer's (`lstm_optimizer`); the paper's
       quadratics use `preprocess=False, scale=1.0`.
     objective: `(params, task, t) -> []`.
@@ -184,7 +190,7 @@ def lstm_meta_learner(
 
   def init(key, task):
     del task
-    return lstm_init(key, hidden=hidden, layers=layers, preprocess=preprocess)
+    return lstm_init(key, hidden=hidden, layers=layers, preprocess=preprocess, skip=skip)
 
   def run(theta, task):
     def body(state, _):

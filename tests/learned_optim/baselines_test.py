@@ -53,7 +53,8 @@ def test_compare_reports_means_intervals_and_steps_to_adams_loss():
   }
   table = baselines.compare(curves, at=(4, 5))
   assert table["adam"]["loss@4"]["mean"] == pytest.approx(3.0)
-  assert table["adam"]["loss@4"]["ci95"] == pytest.approx(1.96 * np.std([2.0, 4.0], ddof=1) / np.sqrt(2))
+  ci95 = 1.96 * np.std([2.0, 4.0], ddof=1) / np.sqrt(2)
+  assert table["adam"]["loss@4"]["ci95"] == pytest.approx(ci95)
   assert table["adam"]["steps_to_reference"] == 4
   assert table["slow"]["steps_to_reference"] is None  # 10 - t > 3 for t <= 5
   assert table["slow"]["loss@5"]["mean"] == 5.0
