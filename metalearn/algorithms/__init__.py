@@ -9,6 +9,8 @@ from metalearn.algorithms.pretrain import pretrain
 from metalearn.algorithms.protonet import protonet
 from metalearn.algorithms.relation import relation
 from metalearn.algorithms.reptile import reptile
+from metalearn.algorithms.tnet import mtnet, tnet
+from metalearn.algorithms.warpgrad import warpgrad
 
 # Name -> factory. A factory's first argument is the network it is built on
 # (`model`, or a metric learner's `embedding`); its keyword arguments are the
@@ -26,6 +28,9 @@ REGISTRY = {
   "protonet": protonet,
   "matching": matching,
   "relation": relation,
+  "tnet": tnet,
+  "mtnet": mtnet,
+  "warpgrad": warpgrad,
 }
 CLASSIFICATION_ONLY = frozenset({"protonet", "matching", "relation"})
 
@@ -70,8 +75,11 @@ __all__ = [
   "matching",
   "metacurvature",
   "metasgd",
+  "mtnet",
   "pretrain",
   "protonet",
   "relation",
   "reptile",
+  "tnet",
+  "warpgrad",
 ]
