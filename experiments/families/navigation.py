@@ -147,7 +147,8 @@ def figure(config, env, policy, learner, theta, goals, path: str, key) -> None:
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for i in range(k):
     c = colors[i % len(colors)]
-    ax.plot(*np.asarray(before[i]).T, ls=":", color=c, label="before" if i == 0 else None)
+    if i == 0:  # the same policy for every goal before adaptation
+      ax.plot(*np.asarray(before[i]).T, ls=":", color="gray", label="before adaptation")
     ax.plot(*np.asarray(after[i]).T, ls="-", color=c, label="after 1 step" if i == 0 else None)
     ax.plot(*np.asarray(goals.goal[i]), marker="*", ms=14, color=c)
   ax.plot(0, 0, "ko", ms=4)

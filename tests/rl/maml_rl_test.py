@@ -247,3 +247,20 @@ def test_smoke_config_through_the_binary(tmp_path):
   summary = json.loads((workdir / "eval.json").read_text())
   for k in range(4):
     assert np.isfinite(summary["metrics"][f"return@{k}"]["mean"])
+
+
+def test_config_validation_names_the_flag(tmp_path):
+  from experiments import train
+  from experiments.configs import maml_rl_navigation
+  from experiments.families import navigation as family
+
+  family.validate(maml_rl_navigation.get_config("smoke"), str(tmp_path))
+  for field, value in [("meta_batch_size", 0), ("eval_steps", -1), ("method", "rl2")]:
+    config = maml_rl_navigation.get_config("smoke")
+    config[field] = value
+    with pytest.raises(train.ConfigError, match=f"--config.{field}="):
+      family.validate(config, str(tmp_path))
+  config = maml_rl_navigation.get_config("smoke")
+  config.learner.estimator = "dice2"
+  with pytest.raises(train.ConfigError, match="estimator"):
+    family.validate(config, str(tmp_path))
