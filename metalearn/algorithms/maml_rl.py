@@ -28,7 +28,8 @@ estimators account for it (`estimator`, `exploration`):
 `exploration = lambda > 0` adds `lambda * J_out * sum_{i,t} log pi_theta(a_it|s_it)`
 (E-MAML's exploration term, `J_out` the mean reward per step of `D'`); it is
 exact with unnormalised advantages (`normalized=False`, `baseline="none"`)
-and a weight otherwise.
+and a weight otherwise. Combine it with `"fixed"`: with `"lvc"` the
+sampling dependence is counted twice (measured in docs/meta_rl.md).
 
 The outer step is TRPO (`outer="trpo"`, the paper's): the natural-gradient
 step of the meta-surrogate `L(theta) = mean_T mean_{j,t} pi_theta'(a|s) /

@@ -264,3 +264,20 @@ def test_config_validation_names_the_flag(tmp_path):
   config.learner.estimator = "dice2"
   with pytest.raises(train.ConfigError, match="estimator"):
     family.validate(config, str(tmp_path))
+
+
+def test_gradient_outer_loop_is_a_one_goal_learner_for_make_meta_step():
+  import optax
+
+  from metalearn import core
+
+  env, policy = nav.Navigation2D(), ro.gaussian_mlp(2, hidden=(8,))
+  learner = mr.maml_rl(env, policy, num_trajectories=3, outer="gradient")
+  goals = nav.sample_tasks(jax.random.PRNGKey(0), 2, horizon=10)
+  state = core.init_state(learner, optax.adam(1e-3), jax.random.PRNGKey(1), core.task(goals, 0))
+  new, metrics = jax.jit(core.make_meta_step(learner, optax.adam(1e-3)))(state, goals)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  moved = jax.tree_util.tree_map(
+    lambda a, b: float(jnp.max(jnp.abs(a - b))), new.theta, state.theta
+  )
+  assert max(jax.tree_util.tree_leaves(moved)) > 0
