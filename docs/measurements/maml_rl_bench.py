@@ -2,8 +2,9 @@
 
   python docs/measurements/maml_rl_bench.py --out docs/measurements/maml_rl_step_time_cpu2.json
 
-One meta-iteration = `learner.meta_grad` of `metalearn.algorithms.maml_rl` on a
-meta-batch of 20 goals: 20 trajectories x 100 steps per goal before and after
+One meta-iteration = `learner.meta_grad` of `metalearn.algorithms.maml_rl`,
+timed for each way of forming the Fisher-vector products (`--fisher`; the
+first is the headline), on a meta-batch of 20 goals: 20 trajectories x 100 steps per goal before and after
 the inner step, the inner policy-gradient step, and the TRPO step (10 CG steps
 on Fisher-vector products through the adaptation, the line search). Times are
 medians of repeated calls of the compiled program (compile excluded).
@@ -38,15 +39,18 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", required=True)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--fisher", default="gauss_newton,kl_hessian")
   args = parser.parse_args()
   env, policy = nav.Navigation2D(), ro.gaussian_mlp(2)
-  learner = maml_rl.maml_rl(env, policy)
   goals = nav.sample_tasks(jax.random.PRNGKey(0), 20)
-  theta = learner.init(jax.random.PRNGKey(1), goals)
+  theta = maml_rl.maml_rl(env, policy).init(jax.random.PRNGKey(1), goals)
   key = jax.random.PRNGKey(2)
 
-  meta_iteration = jax.jit(learner.meta_grad)
-  t_iter, all_iter = median_time(meta_iteration, theta, goals, key, repeats=args.repeats)
+  per_fisher = {}
+  for fisher in args.fisher.split(","):
+    meta_iteration = jax.jit(maml_rl.maml_rl(env, policy, fisher=fisher).meta_grad)
+    per_fisher[fisher] = median_time(meta_iteration, theta, goals, key, repeats=args.repeats)
+  t_iter, all_iter = per_fisher[args.fisher.split(",")[0]]
 
   def rollouts(theta, goals, key):  # the sampling of one meta-iteration: before and after
     def one(goal, key):
@@ -73,11 +77,15 @@ def main():
     "before and after one inner step, plus the TRPO step; 64x64 tanh Gaussian policy",
     "backend": jax.default_backend(),
     "devices": len(jax.devices()),
+    "fisher": args.fisher.split(",")[0],
     "meta_iteration_s": t_iter,
     "meta_iteration_s_all": all_iter,
+    "meta_iteration_s_by_fisher": {k: v[0] for k, v in per_fisher.items()},
+    "meta_iteration_s_all_by_fisher": {k: v[1] for k, v in per_fisher.items()},
     "rollouts_and_inner_step_s": t_roll,
     "rollouts_and_inner_step_s_all": all_roll,
     "rollout_fraction_of_meta_iteration": t_roll / t_iter,
+    "rollout_fraction_by_fisher": {k: t_roll / v[0] for k, v in per_fisher.items()},
     "env_steps_per_meta_iteration": 2 * steps,
     "env_steps_per_s_with_policy": 2 * steps / t_roll,
     "env_only_random_actions_s": t_env,

@@ -175,6 +175,7 @@ def maml_rl(
   cg_damping: float = 1e-5,
   ls_steps: int = 15,
   ls_backtrack: float = 0.8,
+  fisher: str = "gauss_newton",
 ) -> core.MetaLearner:
   """MAML-RL (E-MAML with `exploration > 0`) on a gymnax environment; see the module docstring.
 
@@ -191,6 +192,9 @@ def maml_rl(
     exploration: weight of E-MAML's term (0: MAML).
     outer: `"trpo"` (a task is a meta-batch of goals) or `"gradient"` (a task is one goal).
     max_kl, cg_steps, cg_damping, ls_steps, ls_backtrack: TRPO's (`rl.trpo.trpo_step`).
+    fisher: how TRPO forms Fisher-vector products through the adaptation:
+      `"gauss_newton"` (`J' M J`, linearised once: faster) or `"kl_hessian"`
+      (forward-over-reverse of the KL); the same matrix.
 
   Returns:
     A `core.MetaLearner`; `adapt(theta, task, key)` gives the adapted policy
@@ -198,6 +202,8 @@ def maml_rl(
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+  if fisher not in ("gauss_newton", "kl_hessian"):
+    raise ValueError(f"fisher must be 'gauss_newton' or 'kl_hessian', got {fisher!r}")
   if outer not in OUTERS:
     raise ValueError(f"outer must be one of {OUTERS}, got {outer!r}")
   if not isinstance(inner_steps, int) or inner_steps < 0:
@@ -236,12 +242,14 @@ def maml_rl(
       exploration=exploration,
     )  # fmt: skip
 
-  def kl(theta, data):
-    inner, outer_batch = data
+  def adapted(theta, data):
     phi = theta
-    for batch in inner:
+    for batch in data[0]:
       phi = step(phi, batch)
-    return _kl(policy, phi, outer_batch)
+    return phi
+
+  def kl(theta, data):
+    return _kl(policy, adapted(theta, data), data[1])
 
   def init(key, task):
     del task
@@ -273,9 +281,17 @@ def maml_rl(
   def meta_grad(theta, goals, key):
     data, metrics = over_goals(task_data)(theta, goals, split(key, goals))
     mean_of = lambda fn: lambda th: jnp.mean(jax.vmap(fn, in_axes=(None, 0))(th, data))
+    fvp = None
+    if fisher == "gauss_newton":  # the mean KL's Hessian as J' M J on every goal's outer states
+      dist = lambda th, d: policy.distribution(adapted(th, d), d[1].obs)
+      mask = data[1].mask
+      weights = mask / jnp.maximum(jnp.sum(mask, axis=(1, 2), keepdims=True), 1.0) / mask.shape[0]
+      dists = lambda th: jax.vmap(dist, in_axes=(None, 0))(th, data)
+      fvp = trpo.gaussian_fisher_vector_product(dists, theta, weights)
     new, info = trpo.trpo_step(
       mean_of(lambda th, d: -surrogate(th, d)), mean_of(kl), theta, max_kl=max_kl,
       cg_steps=cg_steps, cg_damping=cg_damping, ls_steps=ls_steps, ls_backtrack=ls_backtrack,
+      fvp=fvp,
     )  # fmt: skip
     metrics = jax.tree_util.tree_map(jnp.mean, metrics)
     metrics = {

@@ -47,6 +47,45 @@ def fisher_vector_product(
   return fvp
 
 
+def gaussian_fisher_vector_product(
+  distribution_fn: Callable[[PyTree], tuple[jax.Array, jax.Array]],
+  theta: PyTree,
+  weights: jax.Array,
+  damping: float = 0.0,
+) -> Callable[[PyTree], PyTree]:
+  """`v -> (J' M J + damping I) v`: the same Fisher as the KL's Hessian, in Gauss-Newton form.
+
+  `distribution_fn(theta) -> (mean, log_std)`, each `[..., a]`, is linearised
+  once at `theta` (`jax.linearize`, whose transpose gives `J'`), so each
+  product costs two linear passes instead of a second-order one. For the
+  KL `sum_s w_s KL(N_old(s) || N_theta(s))` the metric of a diagonal
+  Gaussian is `M = diag(w_s / sigma^2, 2 w_s)` on (mean, log_std), and since
+  the KL's gradient in (mean, log_std) vanishes at `theta`, `J' M J` is its
+  Hessian exactly.
+
+  Args:
+    distribution_fn: theta -> the policy's (mean, log_std) at the sampled states.
+    theta: where to linearise (the policy that collected the data).
+    weights: `[...]` each state's weight in the mean KL (a mask over its count).
+    damping: added to the diagonal.
+  """
+  (mean, log_std), jvp = jax.linearize(distribution_fn, theta)
+  transpose = jax.linear_transpose(jvp, theta)
+  w = weights[..., None]
+  metric = (w * jnp.exp(-2 * log_std), 2.0 * w * jnp.ones_like(mean))
+
+  def fvp(v: PyTree) -> PyTree:
+    d_mean, d_log_std = jvp(v)
+    cotangent = (
+      (metric[0] * d_mean).astype(mean.dtype),
+      (metric[1] * d_log_std).astype(log_std.dtype),
+    )
+    (jtmjv,) = transpose(cotangent)
+    return jax.tree_util.tree_map(lambda a, b: a + damping * b, jtmjv, v)
+
+  return fvp
+
+
 def _vdot(a: PyTree, b: PyTree) -> jax.Array:
   return sum(
     jnp.vdot(x, y)
@@ -75,6 +114,7 @@ def trpo_step(
   cg_damping: float = 1e-5,
   ls_steps: int = 15,
   ls_backtrack: float = 0.8,
+  fvp: Callable[[PyTree], PyTree] | None = None,
 ) -> tuple[PyTree, TRPOInfo]:
   """One TRPO step from `theta` (see the module docstring); pure, ready for `jax.jit`.
 
@@ -87,6 +127,8 @@ def trpo_step(
     cg_damping: added to the Fisher's diagonal in CG.
     ls_steps: backtracking trials (static).
     ls_backtrack: factor between two trials, in (0, 1).
+    fvp: `v -> F v` without damping (e.g. `gaussian_fisher_vector_product`);
+      default: the Hessian of `kl_fn` at `theta` (`fisher_vector_product`).
 
   Returns:
     `(new_theta, TRPOInfo)`; `new_theta` is `theta` when no trial satisfied
@@ -99,7 +141,10 @@ def trpo_step(
   if not isinstance(ls_steps, int) or ls_steps < 1:
     raise ValueError(f"ls_steps must be an int >= 1, got {ls_steps!r}")
   loss0, grad = jax.value_and_grad(loss_fn)(theta)
-  fvp = fisher_vector_product(kl_fn, theta, cg_damping)
+  if fvp is None:
+    fvp = fisher_vector_product(kl_fn, theta)
+  undamped = fvp
+  fvp = lambda v: jax.tree_util.tree_map(lambda a, b: a + cg_damping * b, undamped(v), v)
   neg_grad = jax.tree_util.tree_map(jnp.negative, grad)
   solved = cg.conjugate_gradient(fvp, neg_grad, num_steps=cg_steps)
   direction = solved.x

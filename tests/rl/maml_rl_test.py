@@ -281,3 +281,33 @@ def test_gradient_outer_loop_is_a_one_goal_learner_for_make_meta_step():
     lambda a, b: float(jnp.max(jnp.abs(a - b))), new.theta, state.theta
   )
   assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def test_gauss_newton_fisher_equals_the_kl_hessian(x64):
+  policy, params, obs = tiny_policy()
+  params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+  obs = obs.astype(jnp.float64)
+  old = policy.distribution(params, obs)
+  kl = lambda p: jnp.mean(ro.gaussian_kl(*old, *policy.distribution(p, obs)))
+  weights = jnp.full(obs.shape[:1], 1.0 / obs.shape[0])
+  gn = trpo.gaussian_fisher_vector_product(lambda p: policy.distribution(p, obs), params, weights)
+  v = jax.tree_util.tree_map(lambda a: jnp.cos(jnp.arange(a.size).reshape(a.shape) + 1.0), params)
+  expected = trpo.fisher_vector_product(kl, params)(v)
+  for a, b in zip(
+    jax.tree_util.tree_leaves(gn(v)), jax.tree_util.tree_leaves(expected), strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_both_fisher_products_give_the_same_trpo_step_through_the_adaptation(x64):
+  env, policy = nav.Navigation2D(), ro.gaussian_mlp(2, hidden=(8,))
+  goals = nav.sample_tasks(jax.random.PRNGKey(0), 2, horizon=10)
+  steps = {}
+  for fisher in ("gauss_newton", "kl_hessian"):
+    learner = mr.maml_rl(env, policy, num_trajectories=3, fisher=fisher)
+    theta = learner.init(jax.random.PRNGKey(1), goals)
+    theta = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), theta)
+    steps[fisher] = jax.jit(learner.meta_grad)(theta, goals, jax.random.PRNGKey(2))[0]
+  flat = {k: jax.flatten_util.ravel_pytree(v)[0] for k, v in steps.items()}
+  assert float(jnp.linalg.norm(flat["kl_hessian"])) > 0
+  np.testing.assert_allclose(flat["gauss_newton"], flat["kl_hessian"], rtol=1e-5, atol=1e-9)
