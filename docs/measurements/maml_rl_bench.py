@@ -4,9 +4,10 @@
 
 One meta-iteration = `learner.meta_grad` of `metalearn.algorithms.maml_rl`,
 timed for each way of forming the Fisher-vector products (`--fisher`; the
-first is the headline), on a meta-batch of 20 goals: 20 trajectories x 100 steps per goal before and after
-the inner step, the inner policy-gradient step, and the TRPO step (10 CG steps
-on Fisher-vector products through the adaptation, the line search). Times are
+first is the headline), on a meta-batch of 20 goals: 20 trajectories x 100
+steps per goal before and after the inner step, the inner policy-gradient step,
+and the TRPO step (10 CG steps on Fisher-vector products through the
+adaptation, the line search). Times are
 medians of repeated calls of the compiled program (compile excluded).
 """
 
