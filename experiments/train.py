@@ -177,7 +177,13 @@ def curve_learners(config):
 
 
 def evaluator(config) -> core.EvaluateFn:
-  """The task family's evaluator of the config's learner (with its adaptation curve)."""
+  """The task family's evaluator of the config's learner (with its adaptation curve).
+
+  A probabilistic learner (`algorithms.PROBABILISTIC`, whose predictor returns
+  a distribution) is scored by its likelihood and interval coverage as well.
+  """
+  if config.method in algorithms.PROBABILISTIC:
+    return evaluation.probabilistic_regression(curve_learners(config))
   return evaluation.supervised(curve_learners(config), OBJECTIVES[config.task])
 
 

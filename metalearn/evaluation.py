@@ -87,3 +87,32 @@ def regression(learners: MetaLearner | Mapping[int, MetaLearner]) -> EvaluateFn:
 def classification(learners: MetaLearner | Mapping[int, MetaLearner]) -> EvaluateFn:
   """N-way classification (Omniglot): cross-entropy `loss` and `accuracy` of the logits."""
   return supervised(learners, "cross_entropy")
+
+
+def probabilistic_regression(learners: MetaLearner | Mapping[int, MetaLearner]) -> EvaluateFn:
+  """Regression tasks scored as distributions: for predictors returning a `Predictive`.
+
+  Per query point: `loglik` (the joint log-likelihood of the real query
+  targets divided by their number), `coverage_50`, `coverage_90`,
+  `coverage_95` (fractions of targets inside the central intervals,
+  `metalearn.probabilistic.scores`' `coverage@p`) and `mse` of the predictive
+  mean; `name@k` with an adaptation curve. LLAMA and MAML with a learned noise (`algorithms.llama`)
+  are scored by it on the sinusoid.
+  """
+  from metalearn import probabilistic  # distrax: imported only by probabilistic families
+
+  named = {None: learners} if isinstance(learners, MetaLearner) else dict(learners)
+
+  def evaluate(theta, episode, key):
+    ep.check_episode(episode, batched=False)
+    out = {}
+    for k, learner in named.items():
+      pred = learner.adapt(theta, episode.support, key)(episode.query.x)
+      mean = probabilistic.moments(pred)[0][:, None]
+      scores = probabilistic.scores(pred, episode.query)  # coverage@p -> coverage_p, for @k
+      metrics = {n.replace("@", "_"): v for n, v in scores.items()}
+      metrics["mse"] = ep.mse(mean, episode.query)
+      out.update({name if k is None else f"{name}@{k}": v for name, v in metrics.items()})
+    return out
+
+  return evaluate

@@ -29,12 +29,16 @@ def adaptation_predictions(
     key: PRNG key of `adapt`.
 
   Returns:
-    step count -> `[m, d]` predictions.
+    step count -> `[m, d]` predictions (the mean, for a predictor that returns a
+    `metalearn.probabilistic.Predictive`).
   """
-  return {
-    int(k): np.asarray(jax.device_get(learner.adapt(theta, support, key)(x)))
-    for k, learner in learners.items()
-  }
+  out = {}
+  for k, learner in learners.items():
+    y = jax.device_get(learner.adapt(theta, support, key)(x))
+    if hasattr(y, "mean") and hasattr(y, "scale"):  # a predictive distribution: its mean
+      y = np.mean(np.asarray(y.mean), axis=0)[:, None]
+    out[int(k)] = np.asarray(y)
+  return out
 
 
 def plot_sinusoid(

@@ -3,6 +3,7 @@
 import inspect
 
 from metalearn.algorithms.imaml import imaml
+from metalearn.algorithms.llama import llama
 from metalearn.algorithms.maml import anil, fomaml, maml, metacurvature, metasgd
 from metalearn.algorithms.matching import matching
 from metalearn.algorithms.pretrain import pretrain
@@ -31,8 +32,12 @@ REGISTRY = {
   "tnet": tnet,
   "mtnet": mtnet,
   "warpgrad": warpgrad,
+  "llama": llama,
 }
 CLASSIFICATION_ONLY = frozenset({"protonet", "matching", "relation"})
+# Their predictors return a `metalearn.probabilistic.Predictive` (a distribution), scored by
+# `evaluation.probabilistic_regression` instead of the point-prediction evaluators.
+PROBABILISTIC = frozenset({"llama"})
 
 
 TASK_ARGUMENTS = ("objective", "ways")  # given by the task family, not the method's config
@@ -65,12 +70,14 @@ def get(name: str):
 
 __all__ = [
   "CLASSIFICATION_ONLY",
+  "PROBABILISTIC",
   "REGISTRY",
   "anil",
   "fomaml",
   "get",
   "hyperparameters",
   "imaml",
+  "llama",
   "maml",
   "matching",
   "metacurvature",

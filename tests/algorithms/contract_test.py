@@ -115,10 +115,26 @@ def _relation_setup():
 
 
 # name -> () -> Setup, for learners the registry's calling convention does not fit.
+def _probabilistic_setup(name):
+  """A learner whose predictor returns a `Predictive`: scored by its mean's MSE (and likelihood)."""
+
+  def setup():
+    factory = algorithms.REGISTRY[name]
+    kwargs = dict(inner_lr=0.01, objective="mse")
+    learner = factory(MLP(hidden=(8,)), inner_steps=2, **kwargs)
+    curve = evaluation.curve(factory, EVAL_STEPS, MLP(hidden=(8,)), **kwargs)
+    metric = ("mse", lambda pred, split: ep.mse(jnp.mean(pred.mean, axis=0)[:, None], split))
+    evaluate = evaluation.probabilistic_regression(curve)
+    return Setup(learner, _sinusoid, metric, EVAL_STEPS, curve, evaluate)
+
+  return setup
+
+
 SETUPS: dict[str, Callable[[], Setup]] = {
   "protonet": _metric_setup("protonet"),
   "matching": _metric_setup("matching"),
   "relation": _relation_setup,
+  **{name: _probabilistic_setup(name) for name in algorithms.PROBABILISTIC},
 }
 
 # The real models, as the Omniglot binary builds them (narrowed to 4 channels, 16x16 images):
@@ -171,7 +187,12 @@ def _real_model_setup(name):
   return setup
 
 
-REAL = {f"{name}[real model]": _real_model_setup(name) for name in sorted(algorithms.REGISTRY)}
+# (Probabilistic learners model a Gaussian likelihood of scalar outputs: regression only.)
+REAL = {
+  f"{name}[real model]": _real_model_setup(name)
+  for name in sorted(algorithms.REGISTRY)
+  if name not in algorithms.PROBABILISTIC
+}
 
 
 def _adam_inner_setup():
@@ -339,7 +360,8 @@ def test_evaluate_reports_query_metric_after_adapt(case, x64):
     # run a zero-length `scan`.
     with jax.disable_jit(k != 0):
       predictions = learner.adapt(case.theta, episode.support, key)(episode.query.x)
-    assert predictions.shape[:1] == episode.query.mask.shape
+    rows = predictions.mean.shape[1:2] if hasattr(predictions, "scale") else predictions.shape[:1]
+    assert rows == episode.query.mask.shape  # a `Predictive` is [K samples, rows]
     got[name] = fn(predictions, episode.query)
   _close(got, {name: case.want["eval"][name][i] for name in got})
   if case.setup.eval_steps is not None:
