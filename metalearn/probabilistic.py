@@ -104,10 +104,13 @@ def gp_evaluator(
     n = jnp.maximum(jnp.sum(task.target.mask), 1)
     model = log_likelihood(pred, task.target)
     exact = gp.log_density(kernel, task, noise)
+    with jax.enable_x64(True):  # the difference in float64, then reported in float32
+      kl = (exact - model.astype(jnp.float64)) / n
+      kl, exact = kl.astype(jnp.float32), (exact / n).astype(jnp.float32)
     return {
-      "kl": ((exact - model) / n).astype(jnp.float32),
+      "kl": kl,
       "loglik": model / n,
-      "gp_loglik": (exact / n).astype(jnp.float32),
+      "gp_loglik": exact,
       **coverage(pred, task.target, levels),
     }
 
