@@ -1,7 +1,9 @@
 #!/bin/bash
+# The script that produced the maml_rl_navigation* measurements (run from the repository root
+# under the CPU lock: flock <lock> bash docs/measurements/maml_rl_chain_cpu2.sh).
 # MAML-RL measurements, run under the CPU lock: bench, MAML-TRPO up to 12 min, pretrained up to 4 min.
 # The training timeouts shrink so that everything ends by 20:06 UTC.
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 CFG=experiments/configs/maml_rl_navigation.py
 left() { echo $(( $(date -u -d "$1" +%s) - $(date -u +%s) )); }

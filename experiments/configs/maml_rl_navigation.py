@@ -15,7 +15,11 @@ E-MAML's exploration term: `--config.learner.exploration=1.0` (with
 `--config.learner.estimator=fixed` it is the exact gradient of the expected
 return after the sampled step). Running the command again resumes from the
 last checkpoint; `--config.num_steps=N` with N at or below the checkpoint's
-step only evaluates. Measured numbers: docs/meta_rl.md.
+step only evaluates.
+
+Expected (measured, docs/meta_rl.md: 157 of the 500 iterations in 12 minutes
+on 2 CPU cores): mean return -15.0 ± 1.9 after one step on the 40 held-out
+goals, -38.0 before (standing still -37.1, oracle -0.5).
 
 Smoke variant (a few steps, for CI): `--config=experiments/configs/maml_rl_navigation.py:smoke`.
 """

@@ -202,7 +202,6 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
   record = {
     "metrics": result.eval_summary,
     "meta_iterations": int(jax.device_get(result.state.step)),
-    "meta_iterations_configured": config.num_steps,
     "references": references(config, env, goals, key),
   }
   if config.pretrain_steps:
