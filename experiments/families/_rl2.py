@@ -130,7 +130,7 @@ def learning_curve(workdir: str, baselines: dict, path: str, title: str) -> None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  steps, means, cis = [], [], []
+  steps, means = [], []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       row = json.loads(line)
@@ -139,9 +139,9 @@ def learning_curve(workdir: str, baselines: dict, path: str, title: str) -> None
         means.append(row["val/total_reward"])
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot(steps, means, "o-", label="RL² (validation tasks)")
-  del cis
   for i, (name, s) in enumerate(sorted(baselines.items())):
-    ax.axhline(s["mean"], color=f"C{i + 1}", ls="--", lw=1, label=f"{name} {s['mean']:.2f}")
+    label = f"{name} {s['mean']:.2f} (test tasks)"
+    ax.axhline(s["mean"], color=f"C{i + 1}", ls="--", lw=1, label=label)
   ax.set_xlabel("meta-step (batch of trials)")
   ax.set_ylabel("total reward per trial")
   ax.set_title(title)
