@@ -121,7 +121,7 @@ def llama(
   inner_lr: float = 0.01,
   inner_steps: int = 1,
   eta: float = 0.5,
-  prior_precision: float = 1.0,
+  prior_precision: float = 0.0,
   init_noise: float = 0.5,
   laplace: bool = True,
   objective: str | ep.Objective = "mse",
@@ -141,8 +141,12 @@ def llama(
     inner_lr: inner SGD step (> 0).
     inner_steps: inner SGD steps, a static int >= 0.
     eta: weight of the log-determinant (>= 0); 0.5 is the Laplace approximation's own.
-    prior_precision: tau > 0, the prior's precision around theta (the inner
-      loop's early stopping plays this role in Grant et al.'s reading).
+    prior_precision: tau, the prior's precision around theta; 0 (the default)
+      takes `1 / (inner_lr * inner_steps)`, the precision of the Gaussian prior
+      that K early-stopped gradient steps of size alpha implement (Grant et
+      al., Sec. 3.2, after Santos 1996). A tau far below it makes the log
+      determinant penalise the sensitivity the inner step needs: measured on
+      the sinusoid with tau = 1, theta stops adapting (docs/llama.md).
     init_noise: the noise standard deviation theta starts from (> 0).
     laplace: False for MAML with a learned noise (no curvature anywhere).
     objective: must be `"mse"` (the Gaussian likelihood's inner loss).
@@ -151,13 +155,15 @@ def llama(
     A `MetaLearner` whose theta is `{"params": ..., "log_noise": []}`.
 
   Raises:
-    ValueError: naming the argument, for `eta < 0`, `prior_precision <= 0`,
+    ValueError: naming the argument, for `eta < 0`, `prior_precision < 0`,
       `init_noise <= 0`, another objective, or a bad `inner_lr`/`inner_steps`.
   """
   if not float(eta) >= 0:
     raise ValueError(f"eta must be >= 0, got {eta}")
-  if not float(prior_precision) > 0:
-    raise ValueError(f"prior_precision must be > 0, got {prior_precision}")
+  if not float(prior_precision) >= 0:
+    raise ValueError(
+      f"prior_precision must be >= 0 (0: 1 / (inner_lr * inner_steps)), got {prior_precision}"
+    )
   if not float(init_noise) > 0:
     raise ValueError(f"init_noise must be > 0, got {init_noise}")
   objective = ep.get_objective(objective)
@@ -166,7 +172,7 @@ def llama(
   model = as_model(model)
   update = inner.as_learned_update(inner.sgd(inner_lr))
   run = common.inner_loop(model, objective, update=update, inner_steps=inner_steps)
-  tau = float(prior_precision)
+  tau = float(prior_precision) or 1.0 / (float(inner_lr) * max(int(inner_steps), 1))
   predict = functools.partial(_predictive, model)  # one static function for every predictor
 
   def init(key, episode):

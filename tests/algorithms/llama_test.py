@@ -133,7 +133,7 @@ def test_scores_are_those_of_the_predictive():
 def test_bad_arguments_raise():
   for kwargs, name in (
     ({"eta": -1.0}, "eta"),
-    ({"prior_precision": 0.0}, "prior_precision"),
+    ({"prior_precision": -1.0}, "prior_precision"),
     ({"init_noise": 0.0}, "init_noise"),
     ({"objective": "cross_entropy"}, "objective"),
   ):
