@@ -51,5 +51,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.learner.unroll, c.learner.truncation, c.learner.hidden = 4, 2, 3
     c.mnist_hidden, c.mnist_batch_size = (5,), 16
     c.eval_steps = (4, 6)
-    c.lr_grid, c.num_tune_tasks = (0.01, 1.0, 1), 2
+    c.lr_grid, c.num_tune_tasks = (0.01, 1.0, 0.5), 2
+    c.baselines = ("adam",)
   return c

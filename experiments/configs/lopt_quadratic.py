@@ -43,4 +43,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.learner.unroll, c.learner.truncation, c.learner.hidden = 10, 5, 4
     c.eval_steps = (10, 20)
     c.lr_grid, c.num_tune_tasks = (0.01, 1.0, 1), 4
+    c.baselines = ("adam", "nesterov")
   return c

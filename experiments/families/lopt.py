@@ -17,8 +17,10 @@ workdir: `comparison.json` (the grid, the chosen rates, loss at each of
 them, the mean curves), `curves.npz` (every task's curve per optimizer) and
 `loss_curves.png` (log scale: mean, and the 25-75%
 band over tasks), besides `meta_train`'s checkpoints, metrics and `eval.json`
-(the LSTM alone, on the first `num_val_tasks` of the same held-out tasks: the
-LSTM's unroll is the costly part on MNIST, so it is not run twice on all).
+(the LSTM alone, on `num_val_tasks` test-stream tasks: the same tasks as
+comparison.json's when `num_val_tasks = num_eval_tasks`, a draw of their own
+otherwise; the LSTM's unroll is the costly part on MNIST, so it is not run
+twice on all of them).
 """
 
 from __future__ import annotations
@@ -300,7 +302,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpoint_every=config.checkpoint_every,
     log_every=config.log_every,
     num_val_tasks=config.num_val_tasks,
-    # eval.json: the first num_val_tasks test tasks (comparison.json has all num_eval_tasks).
+    # eval.json: num_val_tasks test-stream tasks (comparison.json: all num_eval_tasks).
     num_eval_tasks=min(config.num_val_tasks, config.num_eval_tasks),
     eval_batch_size=config.eval_batch_size,
     strategy="vmap",
