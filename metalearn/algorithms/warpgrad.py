@@ -28,9 +28,10 @@ meta-objective, not the inner update.
 
 References:
   Flennerhag, Rusu, Pascanu, Visin, Yin, Hadsell. Meta-Learning with Warped
-  Gradient Descent. ICLR 2020 (Sec. 3: warp layers, the meta-objective over
-  sampled task parameters with stop-gradient; Warp-MAML: the initialisation by
-  a MAML objective), and github.com/flennerhag/warpgrad (updaters.py).
+  Gradient Descent. ICLR 2020 (warp layers; the meta-objective over task
+  parameters sampled along inner trajectories, with stop-gradient; Algorithm 1,
+  online), and github.com/flennerhag/warpgrad (updaters.py, `warp_on_same_loss`
+  with `approx=False`).
 """
 
 from __future__ import annotations
