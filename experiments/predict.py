@@ -69,8 +69,9 @@ support set and on itself only, not on which other images are in
 `--query_dir`. `--transductive` scores all query images as one batch instead,
 as training and the papers' evaluations do (`experiments.evaluate`'s default);
 then a query's prediction depends on the other query images. On held-out
-Omniglot episodes the two gave the same accuracy within their intervals,
-while scoring each query as a batch of one image alone lost 36 to 59 points
+Omniglot episodes the two gave accuracies within 0.8 points of each other
+(ProtoNets and Matching Networks), while scoring each query as a batch of one
+image alone lost 26 to 59 points
 (docs/omniglot.md, "Predictions that do not depend on the other queries").
 
 The flags are defined only when this file runs as the binary, so that the
