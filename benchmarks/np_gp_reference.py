@@ -1,6 +1,6 @@
 """Reference rows of the GP benchmark on held-out tasks: the trivial baseline and the diagonal GP.
 
-  python docs/measurements/np_gp_reference.py --kernel=eq \
+  python -m benchmarks.np_gp_reference --kernel=eq \
       --out=docs/measurements/np_gp_reference_eq_cpu2.json [--rows=trivial]
 
 Uses the held-out tasks a run of `experiments/configs/np_gp.py` evaluates on (seed 0, the test

@@ -1,6 +1,6 @@
 """Step time of the neural processes on the EQ GP task: batch 16, the benchmark architecture.
 
-python docs/measurements/np_gp_step_time.py cnp acnp np anp
+python -m benchmarks.np_gp_step_time cnp acnp np anp
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Learning curves of the MAML-TRPO and pretrained navigation runs from their metrics.jsonl.
 
-python docs/measurements/maml_rl_curves.py --out docs/figures/maml_rl_navigation_curves_cpu2.png
+python -m benchmarks.maml_rl_curves --out docs/figures/maml_rl_navigation_curves_cpu2.png
 """
 
 from __future__ import annotations

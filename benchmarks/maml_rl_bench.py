@@ -1,6 +1,6 @@
 """Times one MAML-TRPO meta-iteration on 2-D navigation and the environment's steps per second.
 
-  python docs/measurements/maml_rl_bench.py --out docs/measurements/maml_rl_step_time_cpu2.json
+  python -m benchmarks.maml_rl_bench --out docs/measurements/maml_rl_step_time_cpu2.json
 
 One meta-iteration = `learner.meta_grad` of `metalearn.algorithms.maml_rl`,
 timed for each way of forming the Fisher-vector products (`--fisher`; the

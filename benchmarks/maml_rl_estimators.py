@@ -1,6 +1,6 @@
 r"""Monte Carlo means of the MAML-RL meta-gradient estimators on the closed-form problem.
 
-  python docs/measurements/maml_rl_estimators.py \
+  python -m benchmarks.maml_rl_estimators \
       --out docs/measurements/maml_rl_estimators_cpu2.json
 
 The problem and the estimators are those of tests/rl/maml_rl_test.py (one
