@@ -36,6 +36,15 @@ def parse_arg(
   return method, smoke
 
 
+def block_of(defaults: dict, **settings) -> config_dict.ConfigDict:
+  """A `config.learner` block: each of `defaults`' names, set from `settings` where given,
+  else a placeholder typed as its default (None: the factory's default)."""
+  block = config_dict.ConfigDict()
+  for name, default in defaults.items():
+    block[name] = settings.get(name, config_dict.placeholder(type(default)))
+  return block
+
+
 def learner_block(method: str, **settings) -> config_dict.ConfigDict:
   """`config.learner`: every hyperparameter of `method`, None meaning the factory's default.
 
@@ -43,7 +52,4 @@ def learner_block(method: str, **settings) -> config_dict.ConfigDict:
   `settings` are this task's values (the paper's), set where the method has
   the hyperparameter and ignored where it has not.
   """
-  block = config_dict.ConfigDict()
-  for name, default in algorithms.hyperparameters(method).items():
-    block[name] = settings.get(name, config_dict.placeholder(type(default)))
-  return block
+  return block_of(algorithms.hyperparameters(method), **settings)

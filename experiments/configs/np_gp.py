@@ -20,11 +20,10 @@ measured, and at which budget, is in docs/neural_processes.md.
 Smoke variant (a few steps, for CI): `--config=experiments/configs/np_gp.py:cnp,smoke`.
 """
 
-import inspect
-
 from ml_collections import config_dict
 
 from experiments.configs import _common
+from metalearn import algorithms
 from metalearn.algorithms import neural_process
 
 METHODS = ("cnp", "acnp", "np", "anp")
@@ -35,11 +34,7 @@ _LATENT = {"np": neural_process.np_latent, "anp": neural_process.np_latent}
 def learner_block(method: str) -> config_dict.ConfigDict:
   """Every hyperparameter of `method`'s factory, None meaning the factory's default."""
   factory = {**_FACTORY, **_LATENT}[method]
-  block = config_dict.ConfigDict()
-  for p in inspect.signature(factory).parameters.values():
-    if p.kind is p.KEYWORD_ONLY and p.name != "attentive":
-      block[p.name] = config_dict.placeholder(type(p.default))
-  return block
+  return _common.block_of(algorithms.keyword_defaults(factory, ("attentive",)))
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:

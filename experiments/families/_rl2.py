@@ -12,7 +12,6 @@ learning curve `learning_curve.png`.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import time
@@ -23,8 +22,9 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from experiments.configs import _common
 from experiments.train import ConfigError, has_checkpoint
-from metalearn import core, training
+from metalearn import algorithms, core, training
 from metalearn.algorithms.rl2 import rl2
 
 METHODS = ("rl2",)
@@ -37,19 +37,12 @@ NOT_IDENTITY = frozenset(
 
 def hyperparameters() -> dict[str, Any]:
   """rl2's configurable keyword arguments and their defaults (its signature)."""
-  return {
-    p.name: p.default
-    for p in inspect.signature(rl2).parameters.values()
-    if p.kind is p.KEYWORD_ONLY and p.name not in TASK_ARGUMENTS
-  }
+  return algorithms.keyword_defaults(rl2, TASK_ARGUMENTS)
 
 
 def learner_block(**settings) -> config_dict.ConfigDict:
   """`config.learner`: rl2's hyperparameters, None meaning the factory's default."""
-  block = config_dict.ConfigDict()
-  for name, default in hyperparameters().items():
-    block[name] = settings.get(name, config_dict.placeholder(type(default)))
-  return block
+  return _common.block_of(hyperparameters(), **settings)
 
 
 def common_config(task: str) -> config_dict.ConfigDict:

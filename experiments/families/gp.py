@@ -11,7 +11,6 @@ beside the exact GP's.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metalearn import core, parallel, probabilistic, training
+from metalearn import algorithms, core, parallel, probabilistic, training
 from metalearn.algorithms import neural_process
 from metalearn.data import gp
 
@@ -40,11 +39,7 @@ def learner_kwargs(config) -> dict:
 
 def learner_with_defaults(config) -> dict:
   factory = neural_process.np_latent if config.method in LATENT else neural_process.cnp
-  defaults = {
-    p.name: p.default
-    for p in inspect.signature(factory).parameters.values()
-    if p.kind is p.KEYWORD_ONLY and p.name != "attentive"
-  }
+  defaults = algorithms.keyword_defaults(factory, ("attentive",))
   return {**defaults, **learner_kwargs(config)}
 
 

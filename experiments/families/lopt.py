@@ -25,7 +25,6 @@ twice on all of them).
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import textwrap
@@ -37,8 +36,9 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from experiments.configs import _common
 from experiments.train import ConfigError, has_checkpoint
-from metalearn import parallel, training
+from metalearn import algorithms, parallel, training
 from metalearn.learned_optim import (
   ESTIMATORS,
   baselines,
@@ -62,19 +62,12 @@ NOT_IDENTITY = frozenset(
 
 def hyperparameters() -> dict[str, Any]:
   """`lstm_meta_learner`'s configurable keyword arguments and their defaults."""
-  return {
-    p.name: p.default
-    for p in inspect.signature(lstm_meta_learner).parameters.values()
-    if p.kind is p.KEYWORD_ONLY and p.name not in FAMILY_ARGUMENTS
-  }
+  return algorithms.keyword_defaults(lstm_meta_learner, FAMILY_ARGUMENTS)
 
 
 def learner_block(**settings) -> config_dict.ConfigDict:
   """`config.learner`: the learner's hyperparameters, None meaning the factory's default."""
-  block = config_dict.ConfigDict()
-  for name, default in hyperparameters().items():
-    block[name] = settings.get(name, config_dict.placeholder(type(default)))
-  return block
+  return _common.block_of(hyperparameters(), **settings)
 
 
 def common_config(optimizee: str, estimator: str) -> config_dict.ConfigDict:

@@ -44,6 +44,23 @@ TASK_ARGUMENTS = ("objective", "ways")  # given by the task family, not the meth
 _SETTABLE = (bool, int, float, str)
 
 
+def keyword_defaults(
+  factory, exclude: tuple[str, ...] = (), *, settable_only: bool = False
+) -> dict[str, object]:
+  """`{name: default}` of `factory`'s keyword-only arguments, less `exclude`.
+
+  With `settable_only`, only plain defaults (bool, int, float, str) are kept:
+  what a config block can hold. Every family's learner block is built from it.
+  """
+  return {
+    p.name: p.default
+    for p in inspect.signature(factory).parameters.values()
+    if p.kind is p.KEYWORD_ONLY
+    and p.name not in exclude
+    and (not settable_only or isinstance(p.default, _SETTABLE))
+  }
+
+
 def hyperparameters(name: str) -> dict[str, object]:
   """The method's configurable keyword arguments and their defaults, from its factory's signature.
 
@@ -51,14 +68,7 @@ def hyperparameters(name: str) -> dict[str, object]:
   defaults are not plain values (objects such as `inner_optimizer`) are left
   out; what remains is what a config's `learner` block may set.
   """
-  params = inspect.signature(get(name)).parameters.values()
-  return {
-    p.name: p.default
-    for p in params
-    if p.kind is p.KEYWORD_ONLY
-    and p.name not in TASK_ARGUMENTS
-    and isinstance(p.default, _SETTABLE)
-  }
+  return keyword_defaults(get(name), TASK_ARGUMENTS, settable_only=True)
 
 
 def get(name: str):
@@ -77,6 +87,7 @@ __all__ = [
   "get",
   "hyperparameters",
   "imaml",
+  "keyword_defaults",
   "llama",
   "maml",
   "matching",
