@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from metalearn import episodes as ep
-from metalearn import inner
+from metalearn import inner, linalg
 from metalearn.algorithms import common
 from metalearn.core import MetaLearner, predictor
 from metalearn.models import Model, as_model
@@ -82,7 +82,7 @@ def laplace_posterior(jac: jax.Array, noise: jax.Array, tau: float) -> Laplace:
   """The Laplace posterior from the support Jacobian `jac [n, P]`, noise sigma `[]` and tau > 0."""
   scale = tau * noise**2
   eye = jnp.eye(jac.shape[0], dtype=jac.dtype)
-  chol = jnp.linalg.cholesky(eye + jac @ jac.T / scale)
+  chol = linalg.cholesky(eye + jac @ jac.T / scale)
   return Laplace(jac, chol, scale, jnp.asarray(tau, jac.dtype))
 
 
@@ -94,7 +94,7 @@ def log_det(post: Laplace) -> jax.Array:
 def variance(post: Laplace, jac_x: jax.Array) -> jax.Array:
   """`[m]`: diag(J_x H^-1 J_x') for target Jacobians `jac_x [m, P]` (Woodbury's identity)."""
   cross = jac_x @ post.jac.T  # [m, n]
-  w = jax.scipy.linalg.cho_solve((post.chol, True), cross.T)  # A^-1 J J_x'  [n, m]
+  w = linalg.cho_solve(post.chol, cross.T)  # A^-1 J J_x'  [n, m]
   return (jnp.sum(jac_x**2, axis=1) - jnp.sum(cross.T * w, axis=0) / post.scale) / post.tau
 
 

@@ -34,6 +34,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from metalearn import linalg
 from metalearn.episodes import Split
 
 Kernel = Callable[[jax.Array, jax.Array], jax.Array]  # (x1 [n, 1], x2 [m, 1]) -> [n, m]
@@ -126,7 +127,7 @@ def sample_tasks(
     num_context = jax.random.randint(k_n, (), min_context, max_context + 1)
     x = jax.random.uniform(k_x, (n, 1), minval=x_range[0], maxval=x_range[1])
     cov = kernel(x, x) + noise * jnp.eye(n)
-    y = jnp.linalg.cholesky(cov) @ jax.random.normal(k_y, (n, 1))
+    y = linalg.cholesky(cov) @ jax.random.normal(k_y, (n, 1))
     context = Split(x[:max_context], y[:max_context], jnp.arange(max_context) < num_context)
     target = Split(x[max_context:], y[max_context:], jnp.ones(num_target, bool))
     return Task(context, target)
@@ -156,9 +157,9 @@ def posterior(
     `(mean [T], cov [T, T])` of `y_target | context`, noise included.
   """
   k_cc, k_tc, y_c = _masked_system(kernel, context, x_target, noise)
-  chol = jnp.linalg.cholesky(k_cc)
-  alpha = jax.scipy.linalg.cho_solve((chol, True), y_c)
-  v = jax.scipy.linalg.solve_triangular(chol, k_tc.T, lower=True)  # [C, T]
+  chol = linalg.cholesky(k_cc)
+  alpha = linalg.cho_solve(chol, y_c)
+  v = linalg.solve_triangular(chol, k_tc.T)  # [C, T]
   mean = k_tc @ alpha
   cov = kernel(x_target, x_target) + noise * jnp.eye(x_target.shape[0]) - v.T @ v
   return mean, cov
@@ -182,6 +183,5 @@ def log_density(kernel: Kernel, task: Task, noise: float = NOISE) -> jax.Array:
     m = target.mask.astype(jnp.float64)
     cov = cov * m[:, None] * m[None, :] + jnp.diag(1.0 - m)
     residual = (target.y[:, 0] - mean) * m
-    dist = distrax.MultivariateNormalTri(jnp.zeros_like(residual), jnp.linalg.cholesky(cov))
     padded = jnp.sum(1.0 - m) * distrax.Normal(0.0, 1.0).log_prob(0.0)
-    return dist.log_prob(residual) - padded
+    return linalg.mvn_log_prob(residual, linalg.cholesky(cov)) - padded

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metalearn import linalg
 from metalearn.types import Params, PRNGKey
 
 ActFn = Callable[[jax.Array, PRNGKey], jax.Array]  # (obs [d], key) -> action [a]
@@ -213,7 +214,8 @@ def linear_baseline(
   f = baseline_features(obs, mask).reshape(-1, 2 * obs.shape[-1] + 4)
   ftf, ftr = f.T @ f, f.T @ (returns * mask).reshape(-1)
   eye = jnp.eye(f.shape[-1], dtype=f.dtype)
-  ws = jnp.stack([jnp.linalg.solve(ftf + reg * 10.0**i * eye, ftr) for i in range(5)])
+  solve = lambda a: linalg.cho_solve(linalg.cholesky(a), ftr)  # no LAPACK: see metalearn.linalg
+  ws = jnp.stack([solve(ftf + reg * 10.0**i * eye) for i in range(5)])
   ok = jnp.all(jnp.isfinite(ws), axis=-1)
   w = ws[jnp.argmax(ok)]
   return (baseline_features(obs, mask) @ w) * mask
