@@ -33,3 +33,28 @@ def family(task: str) -> ModuleType | None:
   """The module that runs `task`, or None for the supervised families of `experiments.train`."""
   name = REGISTRY.get(task)
   return importlib.import_module(name) if name is not None else None
+
+
+_LOOP_FIELDS = (
+  "num_steps",
+  "meta_batch_size",
+  "seed",
+  "eval_every",
+  "checkpoint_every",
+  "log_every",
+  "num_val_tasks",
+  "num_eval_tasks",
+  "eval_batch_size",
+)
+
+
+def loop_settings(config, **overrides) -> dict:
+  """`metalearn.training.meta_train`'s schedule keywords read from `config`, then `overrides`.
+
+  The fields every family config has (`num_steps`, `meta_batch_size`, `seed`,
+  `eval_every`, `checkpoint_every`, `log_every`, `num_val_tasks`,
+  `num_eval_tasks`, `eval_batch_size`); a family passes what it sets otherwise
+  (or what only its config has) as keywords, which replace or add to them.
+  """
+  settings = {name: config[name] for name in _LOOP_FIELDS if name not in overrides}
+  return {**settings, **overrides}

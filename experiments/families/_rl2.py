@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from experiments import families
 from experiments.configs import _common
 from experiments.train import ConfigError, has_checkpoint
 from metalearn import algorithms, core, training
@@ -170,16 +171,8 @@ def train_and_evaluate(config, workdir: str, family) -> dict:
     sampler,
     evaluate=evaluate,
     optimizer=optimizer,
-    num_steps=config.num_steps,
-    meta_batch_size=config.meta_batch_size,
     workdir=workdir,
-    seed=config.seed,
-    eval_every=config.eval_every,
-    checkpoint_every=config.checkpoint_every,
-    log_every=config.log_every,
-    num_val_tasks=config.num_val_tasks,
-    num_eval_tasks=config.num_eval_tasks,
-    eval_batch_size=config.eval_batch_size,
+    **families.loop_settings(config),
   )
   summary = {"rl2": result.eval_summary}
   if config.baselines:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import families
 from metalearn import algorithms, core, parallel, probabilistic, training
 from metalearn.algorithms import neural_process
 from metalearn.data import gp
@@ -175,20 +176,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tasks,
     evaluate=probabilistic.gp_evaluator(learner, kernel),
     optimizer=optax.adam(config.outer_lr),
-    num_steps=num_steps(config),
-    meta_batch_size=config.meta_batch_size,
     workdir=workdir,
-    seed=config.seed,
-    eval_every=config.eval_every,
-    checkpoint_every=config.checkpoint_every,
-    log_every=config.log_every,
-    num_val_tasks=config.num_val_tasks,
-    num_eval_tasks=config.num_eval_tasks,
-    eval_batch_size=config.eval_batch_size,
-    strategy=config.strategy,
-    on_nonfinite=config.on_nonfinite,
-    max_skipped_fraction=config.max_skipped_fraction,
-    steps_per_call=config.steps_per_call,
+    **families.loop_settings(
+      config,
+      num_steps=num_steps(config),
+      strategy=config.strategy,
+      on_nonfinite=config.on_nonfinite,
+      max_skipped_fraction=config.max_skipped_fraction,
+      steps_per_call=config.steps_per_call,
+    ),
   )
   summary = result.eval_summary
   if parallel.is_primary():

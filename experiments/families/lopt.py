@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from experiments import families
 from experiments.configs import _common
 from experiments.train import ConfigError, has_checkpoint
 from metalearn import algorithms, parallel, training
@@ -287,18 +288,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     training.on_device(sample),
     evaluate=evaluate,
     optimizer=optimizer,
-    num_steps=config.num_steps,
-    meta_batch_size=config.meta_batch_size,
     workdir=workdir,
-    seed=config.seed,
-    eval_every=config.eval_every,
-    checkpoint_every=config.checkpoint_every,
-    log_every=config.log_every,
-    num_val_tasks=config.num_val_tasks,
-    # eval.json: num_val_tasks test-stream tasks (comparison.json: all num_eval_tasks).
-    num_eval_tasks=min(config.num_val_tasks, config.num_eval_tasks),
-    eval_batch_size=config.eval_batch_size,
-    strategy="vmap",
+    **families.loop_settings(
+      config,
+      # eval.json: num_val_tasks test-stream tasks (comparison.json: all num_eval_tasks).
+      num_eval_tasks=min(config.num_val_tasks, config.num_eval_tasks),
+      strategy="vmap",
+    ),
   )
   train_s = time.time() - started
   theta = jax.device_get(result.state.theta)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from experiments import families
 from metalearn import core, parallel, training
 from metalearn.algorithms import maml_rl
 from metalearn.rl import navigation as nav
@@ -169,20 +170,18 @@ def _train(config, workdir: str, inner_steps: int | None, num_steps: int):
     train_sampler,
     evaluate=evaluator(config, env, policy),
     optimizer=optax.sgd(1.0),  # meta_grad is theta - theta_TRPO: sgd(1) takes the TRPO step
-    num_steps=num_steps,
-    meta_batch_size=1,  # one task = one meta-batch of goals (one TRPO step)
     workdir=workdir,
-    seed=config.seed,
     eval_sampler=eval_sampler,
-    eval_every=config.eval_every,
-    checkpoint_every=config.checkpoint_every,
-    log_every=config.log_every,
-    num_val_tasks=config.num_eval_tasks,
-    num_eval_tasks=config.num_eval_tasks,
-    eval_batch_size=config.num_eval_tasks,
-    strategy="map",
-    on_nonfinite=config.on_nonfinite,
     mesh=parallel.make_mesh(1),
+    **families.loop_settings(
+      config,
+      num_steps=num_steps,
+      meta_batch_size=1,  # one task = one meta-batch of goals (one TRPO step)
+      num_val_tasks=config.num_eval_tasks,
+      eval_batch_size=config.num_eval_tasks,
+      strategy="map",
+      on_nonfinite=config.on_nonfinite,
+    ),
   )
   return env, policy, learner, result
 
