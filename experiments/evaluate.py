@@ -1,7 +1,8 @@
 r"""Evaluates a trained Omniglot run on held-out episodes of another N-way K-shot setting.
 
   python -m experiments.evaluate --workdir=runs/protonet_omniglot --ways=20 --shots=5 \
-      [--queries=5] [--num_tasks=1000] [--scoring=batch|with_support|alone] [--out=FILE.json]
+      [--queries=5] [--num_tasks=1000] [--scoring=batch|with_support|alone] [--out=FILE.json] \
+      [--calibration_bins=15 [--reliability_figure=FILE.png]]
 
 Prototypical Networks are trained on one episode shape and reported on several
 (Snell et al. train 1-shot models on 60-way episodes and test 5- and 20-way);
@@ -27,6 +28,13 @@ with the support images: `experiments.predict.score_each`, what `predict` does
 by default) or `alone` (each query as a batch of one image). The result names
 its scoring and is written to `eval_<ways>way_<shots>shot_<scoring>.json`
 unless the scoring is `batch`.
+
+`--calibration_bins=M` (M > 0) also reports the expected calibration error
+`ece` over M equal-width confidence bins, pooled over every query point of
+every episode (`evaluation.with_ece`; its `ci95` is NaN, as a pooled value has
+no per-episode values), the per-bin sums it is computed from, and the
+reliability bins under `calibration`; `--reliability_figure` draws them
+(`plotting.plot_reliability`). The default, 0, leaves the report as it was.
 
 Gradient-based methods have a head with the run's `ways` outputs: they can
 change shots and queries, not ways, and report accuracy after the run's
@@ -78,6 +86,7 @@ def evaluate(
   num_tasks: int = 1000,
   batch_size: int | None = None,
   scoring: str = "batch",
+  calibration_bins: int = 0,
   verbose: bool = True,
 ) -> dict:
   """Accuracy of the run in `workdir` on test episodes of the given shape.
@@ -91,6 +100,8 @@ def evaluate(
       `default_batch_size` of the shape). Each batch has its own seed, so this
       also selects the episodes drawn.
     scoring: `batch`, `with_support` or `alone` (see the module docstring).
+    calibration_bins: M > 0 adds `ece` (and `ece@k`) to the metrics and the
+      reliability bins as `calibration` (see the module docstring); 0: neither.
     verbose: print progress and the result.
 
   Returns:
@@ -115,6 +126,8 @@ def evaluate(
   for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1)):
     check(name, value, low)
   check("num_tasks", num_tasks, 1)
+  if not isinstance(calibration_bins, int) or calibration_bins < 0:
+    raise ValueError(f"--calibration_bins={calibration_bins!r}: must be an integer >= 0")
   if scoring not in predict.SCORINGS:
     raise ValueError(f"--scoring={scoring!r}: choose one of {', '.join(predict.SCORINGS)}")
   batch_size = default_batch_size(ways, queries) if batch_size is None else batch_size
@@ -132,10 +145,21 @@ def evaluate(
   batches = training.fixed_batches(
     test_sampler, config.seed, training.TEST_STREAM, num_tasks, min(batch_size, num_tasks)
   )
-  eval_step = jax.jit(core.make_eval_step(_evaluator(config, scoring), strategy=config.strategy))
+  evaluator = _evaluator(config, scoring, calibration_bins)
+  eval_step = jax.jit(core.make_eval_step(evaluator, strategy=config.strategy))
   start = time.time()
   summary = core.evaluate(eval_step, theta, batches, jax.random.PRNGKey(config.seed + 1))
   summary = train.with_plain_accuracy(config, summary)
+  calibration = None
+  if calibration_bins:
+    summary = evaluation.with_ece(summary)
+    k = None if "ece" in summary else config.eval_inner_steps
+    if k is not None:  # gradient-based: `ece` is `ece@{eval_inner_steps}`, as for accuracy
+      summary["ece"] = summary[f"ece@{k}"]
+    bins = evaluation.reliability(summary, k)
+    names = ("accuracy", "confidence", "fraction", "count")
+    calibration = {"bins": calibration_bins, "inner_steps": k, "ece": bins["ece"]}
+    calibration.update({name: [float(v) for v in bins[name]] for name in names})
   report = {
     "method": config.method,
     "trained": {"ways": train_ways, "shots": train_shots},
@@ -147,6 +171,8 @@ def evaluate(
     "scoring": scoring,
     "metrics": summary,
   }
+  if calibration is not None:
+    report["calibration"] = calibration
   if verbose:
     acc = summary["accuracy"]
     print(
@@ -158,15 +184,22 @@ def evaluate(
   return report
 
 
-def _evaluator(config, scoring: str) -> core.EvaluateFn:
-  """`train.evaluator(config)` with its learners' queries scored as `scoring` says."""
+def _evaluator(config, scoring: str, calibration_bins: int = 0) -> core.EvaluateFn:
+  """`train.evaluator(config)` with its learners' queries scored as `scoring` says.
+
+  With `calibration_bins` > 0 the classification objective also reports the
+  per-bin sums behind `evaluation.with_ece`.
+  """
   learners = train.curve_learners(config)
   wrap = lambda learner: learner._replace(adapt=predict.scored_adapt(learner.adapt, scoring))
   if isinstance(learners, core.MetaLearner):
     learners = wrap(learners)
   else:
     learners = {k: wrap(learner) for k, learner in learners.items()}
-  return evaluation.supervised(learners, train.OBJECTIVES[config.task])
+  objective = train.OBJECTIVES[config.task]
+  if calibration_bins and objective == "cross_entropy":
+    objective = evaluation.calibration_objective(calibration_bins)
+  return evaluation.supervised(learners, objective)
 
 
 def _test_sampler(config) -> EpisodicSampler:
@@ -196,6 +229,7 @@ def main(argv):
       num_tasks=f.num_tasks,
       batch_size=f.batch_size,
       scoring=f.scoring,
+      calibration_bins=f.calibration_bins,
     )
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
@@ -204,6 +238,21 @@ def main(argv):
   out = f.out or os.path.join(f.workdir, name)
   training.write_json_atomic(out, report)
   print(f"wrote {out}", flush=True)
+  if f.reliability_figure:
+    if "calibration" not in report:
+      raise SystemExit("error: --reliability_figure needs --calibration_bins > 0")
+    from metalearn import plotting
+
+    c = report["calibration"]
+    plotting.plot_reliability(
+      f.reliability_figure,
+      accuracy=c["accuracy"],
+      confidence=c["confidence"],
+      count=c["count"],
+      ece=c["ece"],
+      title=f"{report['method']}, {report['ways']}-way {report['shots']}-shot",
+    )
+    print(f"wrote {f.reliability_figure}", flush=True)
 
 
 def define_flags() -> None:
@@ -224,6 +273,12 @@ def define_flags() -> None:
   )
   flags.DEFINE_string(
     "out", None, "JSON file (default: <workdir>/eval_<W>way_<S>shot[_<scoring>].json)"
+  )
+  flags.DEFINE_integer(
+    "calibration_bins", 0, "report ECE over this many confidence bins (0: no calibration)"
+  )
+  flags.DEFINE_string(
+    "reliability_figure", None, "PNG of the reliability diagram (needs --calibration_bins)"
   )
   flags.mark_flag_as_required("workdir")
 

@@ -35,6 +35,7 @@ from metalearn.data import gp
 from metalearn.episodes import Split
 
 LEVELS = (0.5, 0.9, 0.95)
+CURVE_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ..., 0.95
 
 
 class Predictive(NamedTuple):
@@ -76,6 +77,34 @@ def coverage(pred: Predictive, target: Split, levels: Sequence[float] = LEVELS) 
     f"coverage@{round(100 * p)}": jnp.sum(target.mask & (jnp.abs(pit - 0.5) <= p / 2)) / n
     for p in levels
   }
+
+
+def calibration_curve(
+  pred: Predictive, target: Split, levels: Sequence[float] = CURVE_LEVELS
+) -> tuple[jax.Array, jax.Array]:
+  """Observed coverage of the central p-interval at each nominal level p: one task's curve.
+
+  The same test as `coverage` (inside iff `|F(y) - 1/2| <= p/2`), at many
+  levels; a calibrated predictive lies on the diagonal, one too narrow below
+  it. Counts are returned, not fractions, so that tasks pool by summing.
+
+  Args:
+    pred: the predictive at the T targets.
+    target: `y [T, 1]`, `mask [T]`.
+    levels: nominal levels in (0, 1), `[L]`.
+
+  Returns:
+    `(inside [L], n [])`: the number of real targets inside each central
+    interval, and the number of real targets; `inside / n` is the observed
+    coverage.
+
+  References: Gneiting, Balabdaoui & Raftery (2007), section 3 (probability
+  integral transform); Kuleshov, Fenner & Ermon (2018), calibration curves.
+  """
+  pit = marginal_cdf(pred, target.y[:, 0])
+  p = jnp.asarray(levels, jnp.float32)
+  inside = target.mask[None] & (jnp.abs(pit - 0.5)[None] <= p[:, None] / 2)  # [L, T]
+  return jnp.sum(inside, axis=1).astype(jnp.float32), jnp.sum(target.mask).astype(jnp.float32)
 
 
 def scores(pred: Predictive, target: Split, levels: Sequence[float] = LEVELS) -> dict:
