@@ -30,7 +30,7 @@ import optax
 from ml_collections import config_dict
 
 from experiments import families
-from metalearn import algorithms, core, evaluation, parallel, plotting, training
+from metalearn import algorithms, core, evaluation, learned_optim, parallel, plotting, training
 from metalearn import episodes as ep
 from metalearn.data import omniglot
 from metalearn.data.omniglot import load_omniglot
@@ -91,7 +91,9 @@ def learner_kwargs(config, *, verbose: bool = False) -> dict:
   A set value of a hyperparameter the method does not have (a block written
   for another method, e.g. after `--config.method=...`) is dropped with a note.
   """
-  accepted = algorithms.hyperparameters(config.method)
+  accepted = list(algorithms.hyperparameters(config.method))
+  if "inner_optimizer" in inspect.signature(_factory(config.method)).parameters:
+    accepted.append("inner_optimizer")  # a name, made an optimizer by build_learner
   kwargs = {}
   for name, value in config.learner.items():
     if value is None:
@@ -143,6 +145,9 @@ def build_learner(config, *, inner_steps: int | None = None, verbose: bool = Fal
   kwargs.update({k: v for k, v in task_args.items() if k in params})
   model = _model(config, factory)
   try:
+    if isinstance(kwargs.get("inner_optimizer"), str):
+      lr = kwargs.get("inner_lr", algorithms.hyperparameters(config.method).get("inner_lr"))
+      kwargs["inner_optimizer"] = learned_optim.inner_optimizer(kwargs["inner_optimizer"], lr)
     return factory(model, **kwargs) if model is not None else factory(**kwargs)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"--config.learner ({config.method}): {e}") from None

@@ -15,7 +15,9 @@ after 1 step and 0.11 ± 0.01 after 10 steps, against 2.28 and 1.54 for the
 pretrained baseline. Other methods: `--config=experiments/configs/sinusoid.py:
 fomaml|reptile|metasgd|anil|metacurvature|pretrain|imaml`, whose hyperparameters
 are `--config.learner.<name>` (e.g. `:imaml --config.learner.lam=2`); shots:
-`--config.shots=5|10|20`.
+`--config.shots=5|10|20`. MAML with another inner optimizer: `:maml_adam`
+(Adam at inner_lr) or `:maml_lstm` (the LSTM optimizer, meta-learned with the
+initialisation); docs/learned_optimizers.md, "Inside MAML".
 
 Smoke variant (a few steps, for CI): `--config=experiments/configs/sinusoid.py:smoke`
 (or `:imaml,smoke`).
@@ -30,11 +32,16 @@ cluster: launch/README.md.
 from ml_collections import config_dict
 
 from experiments.configs import _common
+from metalearn import algorithms
+
+# Config arguments naming MAML with another inner optimizer: (method, optimizer name).
+INNER_VARIANTS = {"maml_adam": ("maml", "adam"), "maml_lstm": ("maml", "lstm")}
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the config; `arg` names a method and/or `smoke` (a few-step variant)."""
-  method, smoke = _common.parse_arg(arg, "maml")
+  method, smoke = _common.parse_arg(arg, "maml", (*algorithms.REGISTRY, *INNER_VARIANTS))
+  method, inner_optimizer = INNER_VARIANTS.get(method, (method, None))
   c = config_dict.ConfigDict()
   c.task = "sinusoid"
   c.method = method
@@ -56,6 +63,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # factory's default, e.g. 1 inner step for the MAML family as in the paper,
   # 5 for Reptile, 10 for iMAML).
   c.learner = _common.learner_block(method, inner_lr=0.01)
+  if inner_optimizer is not None:
+    # MAML's inner update by name (metalearn.learned_optim.inner_optimizer):
+    # "adam" is Adam at inner_lr; "lstm" the LSTM optimizer of Andrychowicz
+    # et al. (2016), meta-learned jointly with the initialisation.
+    c.learner.inner_optimizer = inner_optimizer
   c.eval_steps = (0, 1, 10)
 
   c.num_val_tasks = 100

@@ -1,7 +1,8 @@
 """Learned optimizers as optax transformations, and their meta-training.
 
 - `lstm`: the coordinatewise LSTM optimizer (`lstm_init`, `lstm_optimizer`,
-  `lstm_update` for MAML's inner loop, `as_sgd`).
+  `lstm_update` for MAML's inner loop, `as_sgd`); `inner_optimizer` makes an
+  inner update from a name (what a config's learner block can hold).
 - `quadratic`: the paper's 10-dimensional quadratic optimizees, sampled in
   JAX (`sample_quadratics`), and `evaluate_optimizer`.
 - `meta_loss`: `lstm_meta_learner`, the LSTM meta-trained through the
@@ -22,8 +23,10 @@ References:
 
 from metalearn.learned_optim.estimators import ESTIMATORS, Unrolled, es, estimator, pes, tbptt
 from metalearn.learned_optim.lstm import (
+  INNER_OPTIMIZERS,
   LSTMState,
   as_sgd,
+  inner_optimizer,
   lstm_init,
   lstm_optimizer,
   lstm_step,
@@ -41,6 +44,7 @@ from metalearn.learned_optim.quadratic import (
 
 __all__ = [
   "ESTIMATORS",
+  "INNER_OPTIMIZERS",
   "LSTMState",
   "UnrollState",
   "Unrolled",
@@ -49,6 +53,7 @@ __all__ = [
   "estimator",
   "evaluate_optimizer",
   "initial_params",
+  "inner_optimizer",
   "loss_curve",
   "lstm_init",
   "lstm_meta_learner",

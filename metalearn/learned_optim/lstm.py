@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metalearn.inner.learned import LearnedUpdate
+from metalearn.inner.gradient import sgd as checked_sgd
+from metalearn.inner.learned import LearnedUpdate, fixed
 from metalearn.types import Params, PRNGKey, PyTree
 
 LSTMParams = PyTree  # {"layer_0": {"w_x", "w_h", "b"}, ..., "output": {"w", "b"[, "skip"]}}
@@ -308,3 +309,39 @@ def lstm_update(
 
   transform = lambda theta: lstm_optimizer(theta, scale=scale, p=p, preprocess=preprocess)
   return LearnedUpdate(init, transform, name)
+
+
+INNER_OPTIMIZERS = ("sgd", "adam", "lstm")
+ADAM_EPS_ROOT = 1e-8  # inside sqrt(v + eps_root), as optax advises for meta-learning
+
+
+def inner_optimizer(name: str, learning_rate: float | None = None) -> LearnedUpdate:
+  """An inner update from its name, for a config (`--config.learner.inner_optimizer=lstm`).
+
+  Args:
+    name: `"sgd"` (MAML's SGD at `learning_rate`), `"adam"` (`optax.adam` at
+      `learning_rate` with `eps_root=ADAM_EPS_ROOT`, its moments carried
+      through the inner loop and reset for each task; meta-learns nothing)
+      or `"lstm"` (`lstm_update()`, the LSTM optimizer with the paper's
+      settings, meta-learned jointly with the initialisation; `learning_rate`
+      is not used).
+    learning_rate: the step size of `"sgd"` and `"adam"` (a learner's `inner_lr`).
+
+  Raises:
+    ValueError: for another name, or a missing step size.
+
+  References: Andrychowicz et al., NeurIPS 2016; Kingma, Ba, ICLR 2015 (Adam).
+  """
+  if name == "lstm":
+    return lstm_update()
+  if name not in INNER_OPTIMIZERS:
+    known = ", ".join(INNER_OPTIMIZERS)
+    raise ValueError(f"unknown inner optimizer {name!r}; choose one of {known}")
+  if learning_rate is None:
+    raise ValueError(f"inner optimizer {name!r} needs a learning rate (inner_lr)")
+  if name == "sgd":
+    return fixed(checked_sgd(learning_rate))
+  checked_sgd(learning_rate)  # the same check of the rate
+  # eps_root > 0: the second-order meta-gradient through sqrt(v) is finite where
+  # a gradient coordinate is exactly 0 (with eps_root = 0 it is NaN at step 1).
+  return fixed(optax.adam(learning_rate, eps_root=ADAM_EPS_ROOT))
