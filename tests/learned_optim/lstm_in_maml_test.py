@@ -10,7 +10,7 @@ from experiments import train
 from experiments.configs import sinusoid
 from metalearn import algorithms
 from metalearn import episodes as ep
-from metalearn.learned_optim import as_sgd, inner_optimizer
+from metalearn.learned_optim import inner_optimizer
 from metalearn.learned_optim.lstm import ADAM_EPS_ROOT
 from metalearn.models import MLP
 
@@ -33,10 +33,6 @@ def _episode(seed=0, n=6, dtype=jnp.float32):
     return ep.Split(jnp.asarray(x, dtype), jnp.asarray(y, dtype), jnp.ones(n, bool))
 
   return ep.Episode(split(), split())
-
-
-def _as_f64(tree):
-  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
 def test_the_variants_are_maml_with_the_named_optimizer():
@@ -71,28 +67,6 @@ def test_the_config_learners_meta_gradient_reaches_the_lstm_weights():
       assert float(jnp.abs(g).max()) == 0.0, name
     else:
       assert float(jnp.abs(g).max()) > 0.0, name
-
-
-@pytest.mark.usefixtures("x64")
-def test_the_lstm_set_to_sgd_inside_maml_is_the_plain_maml_config():
-  """Same meta-loss and meta-gradient for the initialisation as `:maml` (SGD at inner_lr)."""
-  with_lstm = train.build_learner(_config("maml_lstm,smoke"), inner_steps=3)
-  plain = train.build_learner(_config("maml,smoke"), inner_steps=3)
-  episode = _episode(1, dtype=jnp.float64)
-  theta = _as_f64(with_lstm.init(jax.random.key(0), episode))
-  theta["lstm"] = as_sgd(theta["lstm"], LR)
-  key = jax.random.key(1)
-  (l_lstm, _), g_lstm = jax.value_and_grad(with_lstm.meta_loss, has_aux=True)(theta, episode, key)
-  (l_sgd, _), g_sgd = jax.value_and_grad(plain.meta_loss, has_aux=True)(
-    {"params": theta["params"]}, episode, key
-  )
-  np.testing.assert_allclose(l_lstm, l_sgd, rtol=1e-12)
-  for a, b in zip(
-    jax.tree_util.tree_leaves(g_lstm["params"]),
-    jax.tree_util.tree_leaves(g_sgd["params"]),
-    strict=True,
-  ):
-    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
 
 def test_named_sgd_and_adam_are_the_optax_optimizers():

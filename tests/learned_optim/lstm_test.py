@@ -248,13 +248,32 @@ def test_maml_with_the_lstm_meta_gradient_is_finite_shaped_and_matches_finite_di
   np.testing.assert_allclose(exact, fd, rtol=1e-6)
 
 
+def _sinusoid_learner(arg):
+  """The sinusoid config's learner (`:maml`, `:maml_lstm`) with a small network, 3 inner steps."""
+  from experiments import train
+  from experiments.configs import sinusoid
+
+  config = sinusoid.get_config(arg)
+  with config.unlocked():
+    config.hidden = (8,)
+  return train.build_learner(config, inner_steps=3)
+
+
 @pytest.mark.usefixtures("x64")
-def test_maml_with_an_lstm_read_out_as_sgd_is_maml_with_sgd():
-  """Same meta-loss and same meta-gradient for the initialisation as `maml(inner_lr=lr)`."""
+@pytest.mark.parametrize("built_by", ["factory", "config"])
+def test_maml_with_an_lstm_read_out_as_sgd_is_maml_with_sgd(built_by):
+  """Same meta-loss and same meta-gradient for the initialisation as `maml(inner_lr=lr)`.
+
+  Built by the factories, or through the sinusoid config's `:maml_lstm` and `:maml`
+  (whose inner_lr is 0.01).
+  """
   lr, episode = 0.01, _episode(1)
-  model = MLP(hidden=(8,))
-  with_lstm = algorithms.maml(model, inner_steps=3, inner_optimizer=lstm_update())
-  with_sgd = algorithms.maml(model, inner_steps=3, inner_lr=lr)
+  if built_by == "factory":
+    model = MLP(hidden=(8,))
+    with_lstm = algorithms.maml(model, inner_steps=3, inner_optimizer=lstm_update())
+    with_sgd = algorithms.maml(model, inner_steps=3, inner_lr=lr)
+  else:
+    with_lstm, with_sgd = _sinusoid_learner("maml_lstm,smoke"), _sinusoid_learner("maml,smoke")
   theta = _as_f64(with_lstm.init(jax.random.key(0), episode))
   theta["lstm"] = as_sgd(theta["lstm"], lr)
   key = jax.random.key(1)
