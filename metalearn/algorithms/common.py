@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+from flax import traverse_util
 
 from metalearn import episodes as ep
 from metalearn import inner
@@ -22,6 +24,47 @@ class Partition(NamedTuple):
 
 
 ALL = Partition(lambda p: (p, None), lambda fast, slow: fast)
+
+
+def outer_only(pattern: str) -> Partition:
+  """The partition that keeps parameters whose path matches `pattern` out of the inner loop.
+
+  A parameter's path is its keys joined by "/" (Conv4's: `conv_0/kernel`,
+  `norm_0/scale`, `norm_0/offset`, ..., `head/kernel`, `head/bias`);
+  `re.search(pattern, path)` selects the parameters the outer loop learns and
+  the inner loop leaves alone (slow); every other one is adapted (fast).
+  `outer_only("norm_")` keeps batch normalisation out of the inner loop, as
+  the reference MAML code does (its batch-norm variables are not among the
+  fast weights, github.com/cbfinn/maml `utils.normalize`).
+
+  Raises:
+    ValueError: at the first split, if the pattern is not a regular
+      expression, matches no parameter, or matches every one.
+  """
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"outer_only={pattern!r} is not a regular expression: {e}") from None
+
+  def split(params):
+    flat = traverse_util.flatten_dict(params, sep="/")
+    slow = {k: v for k, v in flat.items() if regex.search(k)}
+    if not slow or len(slow) == len(flat):
+      what = "no" if not slow else "every"
+      raise ValueError(
+        f"outer_only={pattern!r} matches {what} parameter; paths are {', '.join(sorted(flat))}"
+      )
+    fast = {k: v for k, v in flat.items() if k not in slow}
+    return traverse_util.unflatten_dict(fast, sep="/"), traverse_util.unflatten_dict(slow, sep="/")
+
+  def join(fast, slow):
+    flat = {
+      **traverse_util.flatten_dict(fast, sep="/"),
+      **traverse_util.flatten_dict(slow, sep="/"),
+    }
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+  return Partition(split, join)
 
 
 def inner_loop(

@@ -37,6 +37,10 @@ Objective = str | ep.Objective
 InnerOptimizer = optax.GradientTransformation | inner.LearnedUpdate
 
 
+def _partition(outer_only: str) -> common.Partition:
+  return common.outer_only(outer_only) if outer_only else common.ALL
+
+
 def _learner(
   name: str,
   model: nn.Module | Model,
@@ -80,6 +84,7 @@ def maml(
   first_order: bool = False,
   remat: bool = False,
   inner_optimizer: InnerOptimizer | None = None,
+  outer_only: str = "",
   objective: Objective = "mse",
 ) -> MetaLearner:
   """MAML: theta is an initialisation; the meta-loss is the query loss after K inner steps.
@@ -94,6 +99,9 @@ def maml(
       (Adam, with its state carried through the inner loop) or an
       `inner.LearnedUpdate`, whose meta-parameters are learned jointly with
       the initialisation (stored in theta under its `name`).
+    outer_only: a regular expression over parameter paths (`"norm_"`: batch
+      norm); the parameters it matches are learned by the outer loop only,
+      not adapted in the inner loop (`common.outer_only`). "" adapts all.
     objective: `"mse"`, `"cross_entropy"` or an `episodes.Objective`.
 
   Returns:
@@ -110,6 +118,7 @@ def maml(
     objective=objective,
     first_order=first_order,
     remat=remat,
+    partition=_partition(outer_only),
   )
 
 
@@ -120,6 +129,7 @@ def fomaml(
   inner_steps: int = 1,
   remat: bool = False,
   inner_optimizer: InnerOptimizer | None = None,
+  outer_only: str = "",
   objective: Objective = "mse",
 ) -> MetaLearner:
   """First-order MAML: `maml(..., first_order=True)`. References: Finn et al. 2017, Sec. 5.2."""
@@ -130,6 +140,7 @@ def fomaml(
     first_order=True,
     remat=remat,
     inner_optimizer=inner_optimizer,
+    outer_only=outer_only,
     objective=objective,
   )
 
@@ -140,6 +151,7 @@ def metasgd(
   inner_lr: float = 0.01,
   inner_steps: int = 1,
   remat: bool = False,
+  outer_only: str = "",
   objective: Objective = "mse",
 ) -> MetaLearner:
   """Meta-SGD: learns a per-parameter inner step `a` with the initialisation.
@@ -147,7 +159,8 @@ def metasgd(
   `phi = theta - a * grad L_s(theta)`, the inner update `inner.learned_rates`;
   theta is `{"params", "lr"}` with `lr` shaped like `params` and initialised
   to `inner_lr` everywhere, so before any meta-training (or with `lr` held
-  fixed) Meta-SGD is MAML, bit for bit.
+  fixed) Meta-SGD is MAML, bit for bit. `outer_only` as in `maml` (the
+  parameters it matches get no learned step).
 
   References: Li, Zhou, Chen, Li. Meta-SGD, arXiv:1707.09835 (2017), Eq. 3-4.
   """
@@ -158,6 +171,7 @@ def metasgd(
     update=inner.learned_rates(inner_lr, name="lr"),
     objective=objective,
     remat=remat,
+    partition=_partition(outer_only),
   )
 
 
@@ -203,6 +217,7 @@ def metacurvature(
   inner_lr: float = 0.01,
   inner_steps: int = 1,
   remat: bool = False,
+  outer_only: str = "",
   objective: Objective = "mse",
 ) -> MetaLearner:
   """Meta-Curvature: a learned, parameter-shared preconditioner of the inner gradient.
@@ -210,7 +225,7 @@ def metacurvature(
   For each weight tensor, one matrix per mode (identity at initialisation):
   `phi = theta - alpha * (G x_1 M_1 x_2 M_2 x_3 M_3)`, with `G` the gradient
   (the inner update `inner.learned_curvature`). theta is `{"params",
-  "curvature"}`; at initialisation this is MAML.
+  "curvature"}`; at initialisation this is MAML. `outer_only` as in `maml`.
 
   References: Park, Oliva. Meta-Curvature. NeurIPS 2019, Eq. 5-7.
   """
@@ -221,4 +236,5 @@ def metacurvature(
     update=inner.learned_curvature(inner_lr, name="curvature"),
     objective=objective,
     remat=remat,
+    partition=_partition(outer_only),
   )
