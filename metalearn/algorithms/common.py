@@ -38,8 +38,9 @@ def outer_only(pattern: str) -> Partition:
   fast weights, github.com/cbfinn/maml `utils.normalize`).
 
   Raises:
-    ValueError: at the first split, if the pattern is not a regular
-      expression, matches no parameter, or matches every one.
+    ValueError: here, if the pattern is not a regular expression; at the
+      first split (the learner's first init or adapt), if it matches no
+      parameter or every one.
   """
   try:
     regex = re.compile(pattern)
