@@ -6,12 +6,16 @@
 # Runs, each in its own workdir under OUT_DIR (default runs/gpu_protocols):
 #   maml20     MAML 20-way 1-shot as Finn et al. (2017, App. A.1): 5 inner steps at lr 0.1,
 #              meta-batch 16, 60,000 meta-steps, 5 inner steps at test;
+#   anil20     ANIL 20-way 1-shot with the same inner loop and schedule as maml20 (Raghu
+#              et al. 2020 keep MAML's hyperparameters), the comparison ANIL is judged by;
+#   fomaml5    first-order MAML 5-way 1-shot as Finn et al. (2017): 60,000 meta-steps of 32
+#              tasks, 1 inner step at lr 0.4 (3 at test), batch norm out of the inner loop;
 #   relation5  Relation Networks 5-way 1-shot as Sung et al. (2018, Sec. 4.1): 1,000,000
 #              episodes, Adam 1e-3 halved every 100,000.
 # Each run is stopped after SECONDS_PER_RUN (default 240) by SIGTERM, which checkpoints and
 # exits 143; running the script again continues every run from its checkpoint, so a long
 # protocol is done in several calls. When a run reaches its last step it writes eval.json,
-# and the 20-way run is scored 5-shot too (experiments.evaluate). A summary of how far each
+# and the gradient-based runs are scored 5-shot too (experiments.evaluate). A summary of how far each
 # run got is printed at the end. Needs JAX with CUDA and the project installed in $PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,20 +36,31 @@ run() {  # name, then the binary's flags
   echo "exit ${PIPESTATUS[0]} (143 or 124: stopped with a checkpoint; run the script again)"
 }
 
-run maml20 --config=experiments/configs/maml_omniglot.py:maml --config.ways=20 \
-  --config.meta_batch_size=16 --config.learner.inner_steps=5 --config.learner.inner_lr=0.1 \
-  --config.eval_inner_steps=5 --config.num_steps=60000 --config.log_every=1000 \
-  --config.eval_every=10000 --config.checkpoint_every=2000
-if [ -f "$OUT_DIR/maml20/eval.json" ] && [ ! -f "$OUT_DIR/maml20_5shot.done" ]; then
-  "$PYTHON" -m experiments.evaluate --workdir="$OUT_DIR/maml20" --shots=5 \
-    | tee "$OUT_DIR/maml20_5shot.txt" && touch "$OUT_DIR/maml20_5shot.done"
-fi
+five_shot() {  # name: score a finished run on 5-shot episodes, once
+  local name=$1
+  if [ -f "$OUT_DIR/$name/eval.json" ] && [ ! -f "$OUT_DIR/${name}_5shot.done" ]; then
+    "$PYTHON" -m experiments.evaluate --workdir="$OUT_DIR/$name" --shots=5 \
+      | tee "$OUT_DIR/${name}_5shot.txt" && touch "$OUT_DIR/${name}_5shot.done"
+  fi
+}
+
+LOOP20=(--config.ways=20 --config.meta_batch_size=16 --config.learner.inner_steps=5
+  --config.learner.inner_lr=0.1 --config.eval_inner_steps=5 --config.num_steps=60000
+  --config.log_every=1000 --config.eval_every=10000 --config.checkpoint_every=2000)
+for method in maml anil; do
+  run "${method}20" --config=experiments/configs/maml_omniglot.py:$method "${LOOP20[@]}"
+  five_shot "${method}20"
+done
+
+run fomaml5 --config=experiments/configs/maml_omniglot.py:fomaml --config.num_steps=60000 \
+  --config.log_every=1000 --config.eval_every=10000 --config.checkpoint_every=2000
+five_shot fomaml5
 
 run relation5 --config=experiments/configs/relation_omniglot.py --config.log_every=10000 \
   --config.eval_every=100000 --config.checkpoint_every=10000
 
 echo "== where each run stands"
-for name in maml20 relation5; do
+for name in maml20 anil20 fomaml5 relation5; do
   last=$(grep -o 'step [0-9]*/[0-9]*' "$OUT_DIR/$name.log" 2>/dev/null | tail -1)
   echo "$name: ${last:-no step logged}; eval.json: $([ -f "$OUT_DIR/$name/eval.json" ] && echo yes || echo not yet)"
 done
