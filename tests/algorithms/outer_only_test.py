@@ -42,6 +42,11 @@ def _model():
   return Conv4(ways=WAYS, channels=8)
 
 
+def _logits(learner, theta, episode, key):
+  """The adapted predictor's outputs on the query images, as one jitted program."""
+  return jax.jit(lambda t: learner.adapt(t, episode.support, key)(episode.query.x))(theta)
+
+
 @pytest.mark.parametrize("factory", ["maml", "fomaml", "metasgd", "metacurvature"])
 def test_matched_parameters_are_not_adapted_and_the_rest_are(factory):
   episode = _episode()
@@ -58,7 +63,7 @@ def test_matched_parameters_are_not_adapted_and_the_rest_are(factory):
     inner_steps=2,
     partition=partition,
   )
-  phi = _flat(run(theta, episode.support))
+  phi = _flat(jax.jit(run)(theta, episode.support))
   before = _flat(theta["params"])
   assert set(phi) == set(before)
   for path, value in before.items():
@@ -70,11 +75,11 @@ def test_matched_parameters_are_not_adapted_and_the_rest_are(factory):
   # The learner's own predictor is the adapted network: its logits on the query
   # equal the model applied to these weights (SGD-updated learners only).
   if factory in ("maml", "fomaml"):
-    logits = learner.adapt(theta, episode.support, jax.random.key(1))(episode.query.x)
+    logits = _logits(learner, theta, episode, jax.random.key(1))
     expected = as_model(model).apply(traverse_util.unflatten_dict(phi, sep="/"), episode.query.x)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
   # The matched parameters still get a meta-gradient (the outer loop learns them).
-  grads, _ = jax.grad(learner.meta_loss, has_aux=True)(theta, episode, jax.random.key(1))
+  grads, _ = jax.jit(jax.grad(learner.meta_loss, has_aux=True))(theta, episode, jax.random.key(1))
   assert all(float(jnp.max(jnp.abs(g))) > 0 for p, g in _flat(grads["params"]).items())
 
 
@@ -86,13 +91,13 @@ def test_everything_but_the_head_out_of_the_inner_loop_is_anil():
   theta = anil.init(jax.random.key(0), episode)
   key = jax.random.key(2)
   np.testing.assert_allclose(
-    maml.adapt(theta, episode.support, key)(episode.query.x),
-    anil.adapt(theta, episode.support, key)(episode.query.x),
+    _logits(maml, theta, episode, key),
+    _logits(anil, theta, episode, key),
     rtol=1e-6,
     atol=1e-6,
   )
-  (la, _), ga = jax.value_and_grad(anil.meta_loss, has_aux=True)(theta, episode, key)
-  (lm, _), gm = jax.value_and_grad(maml.meta_loss, has_aux=True)(theta, episode, key)
+  (la, _), ga = jax.jit(jax.value_and_grad(anil.meta_loss, has_aux=True))(theta, episode, key)
+  (lm, _), gm = jax.jit(jax.value_and_grad(maml.meta_loss, has_aux=True))(theta, episode, key)
   np.testing.assert_allclose(lm, la, rtol=1e-6)
   for path, g in _flat(ga).items():
     np.testing.assert_allclose(_flat(gm)[path], g, rtol=1e-4, atol=1e-6, err_msg=path)
@@ -141,10 +146,6 @@ def test_the_config_block_carries_outer_only_to_the_factory():
     )
     for o in ("norm_", "")
   }
-  logits = {
-    o: lrn.adapt(theta, episode.support, key)(episode.query.x) for o, lrn in by_hand.items()
-  }
-  np.testing.assert_array_equal(
-    built.adapt(theta, episode.support, key)(episode.query.x), logits["norm_"]
-  )
+  logits = {o: _logits(lrn, theta, episode, key) for o, lrn in by_hand.items()}
+  np.testing.assert_array_equal(_logits(built, theta, episode, key), logits["norm_"])
   assert float(jnp.max(jnp.abs(logits["norm_"] - logits[""]))) > 1e-4
