@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from experiments.configs import np_gp
 from experiments.families import gp as family
 from metalearn import core, plotting, probabilistic, training
 from metalearn.data import gp
@@ -39,10 +38,7 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--figure", default="")
 args = parser.parse_args()
 
-config = np_gp.get_config("cnp")
-config.unlock()
-config.kernel, config.num_eval_tasks = args.kernel, args.num_tasks
-config.eval_batch_size = min(args.batch_size, args.num_tasks)
+config = common.gp_reference_config(args.kernel, args.num_tasks, args.batch_size)
 kernel = gp.get_kernel(config.kernel)
 levels = np.asarray(probabilistic.CURVE_LEVELS)
 z90 = 1.6448536269514722  # central 90% half-width of a standard normal

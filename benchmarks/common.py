@@ -185,3 +185,22 @@ def step_flops(learner, optimizer, state, batch) -> float:
     few = jax.tree_util.tree_map(lambda a, n=n: a[:n], batch)
     counts.append(compiled_flops(unrolled.lower(state, few).compile()))
   return counts[0] + (ep.num_tasks(batch) - 1) * (counts[1] - counts[0])
+
+
+def gp_reference_config(kernel: str, num_tasks: int, batch_size: int | None = None):
+  """The `np_gp` config's held-out GP tasks for `kernel`, as the GP reference benchmarks score them.
+
+  Args:
+    kernel: `"eq"`, `"matern"` or `"weakly_periodic"`.
+    num_tasks: held-out tasks (`num_eval_tasks`).
+    batch_size: tasks per evaluation batch (at most `num_tasks`); None keeps
+      the config's `eval_batch_size`.
+  """
+  from experiments.configs import np_gp
+
+  config = np_gp.get_config("cnp")
+  config.unlock()
+  config.kernel, config.num_eval_tasks = kernel, num_tasks
+  if batch_size is not None:
+    config.eval_batch_size = min(batch_size, num_tasks)
+  return config

@@ -13,7 +13,7 @@ import time
 
 import jax
 
-from experiments.configs import np_gp
+from benchmarks import common
 from experiments.families import gp as family
 
 parser = argparse.ArgumentParser()
@@ -22,9 +22,7 @@ parser.add_argument("--num_tasks", type=int, default=4096)
 parser.add_argument("--out", required=True)
 parser.add_argument("--rows", default="trivial,diagonal_gp")
 args = parser.parse_args()
-config = np_gp.get_config("cnp")
-config.unlock()
-config.kernel, config.num_eval_tasks = args.kernel, args.num_tasks
+config = common.gp_reference_config(args.kernel, args.num_tasks)
 t = time.time()
 rows = family.reference_rows(config, jax.random.PRNGKey(config.seed + 1), args.rows.split(","))
 record = {"kernel": args.kernel, "num_tasks": args.num_tasks, "seconds": time.time() - t, **rows}

@@ -110,7 +110,8 @@ def reference_rows(config, learner_key, names=("trivial", "diagonal_gp")) -> dic
     step = jax.jit(core.make_eval_step(probabilistic.gp_evaluator(learner, kernel)))
     theta = learner.init(learner_key, core.task(batches[0], 0))
     rows[learner.name] = core.evaluate(step, theta, batches, learner_key)
-  rows["trivial"]["moments"] = {"mean": mean, "std": std}
+  if "trivial" in rows:
+    rows["trivial"]["moments"] = {"mean": mean, "std": std}
   return rows
 
 
