@@ -35,12 +35,16 @@ from metalearn import episodes as ep
 from metalearn.data import omniglot
 from metalearn.data.omniglot import load_omniglot
 from metalearn.data.sampler import EpisodicSampler
-from metalearn.data.sinusoid import Sinusoid
+from metalearn.data.sinusoid import SineOrLine, Sinusoid
 from metalearn.models import MLP, Conv4
 
 TASKS = ("sinusoid", "omniglot")
 IMAGE_SIZE = 28  # the size Omniglot is loaded at (load_omniglot's default)
 OBJECTIVES = {"sinusoid": "mse", "omniglot": "cross_entropy"}
+# `config.functions` of the sinusoid task: Finn et al.'s sinusoids, or PLATIPUS's
+# ambiguous mix of noisy sinusoids and lines.
+FUNCTIONS = {"sine": Sinusoid, "sine_line": SineOrLine}
+_TASK_PARAMETERS = {"sine": ("A", "phase"), "sine_line": ("sine", "a", "b")}  # figure titles
 # Fields that do not change what a run computes (how long, how often it logs or
 # evaluates, where its data lie, how fast it runs): resuming with other values is
 # allowed. Every other field (and the whole learner block, defaults resolved) is
@@ -264,6 +268,8 @@ def validate(config: config_dict.ConfigDict, workdir: str) -> None:
     _bad("seed", config.seed, "must be an integer >= 0")
   if config.task == "sinusoid" and (not config.hidden or min(config.hidden) < 1):
     _bad("hidden", config.hidden, "must be a non-empty list of layer widths >= 1")
+  if config.task == "sinusoid" and config.get("functions", "sine") not in FUNCTIONS:
+    _bad("functions", config.functions, f"choose one of {', '.join(FUNCTIONS)}")
   build_learner(config)  # checks the method and every hyperparameter, where each is used
   _validate_devices(config)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -384,10 +390,15 @@ def check_resume(config, workdir: str) -> None:
     )
 
 
+def regression_tasks(config, queries: int):
+  """The sinusoid task's sampler of `config.functions` (default "sine") with `queries` points."""
+  return FUNCTIONS[config.get("functions", "sine")](shots=config.shots, queries=queries)
+
+
 def sinusoid_samplers(config):
-  """(train, validation, test) samplers of sinusoid tasks."""
-  eval_tasks = Sinusoid(shots=config.shots, queries=config.eval_queries)
-  train_tasks = Sinusoid(shots=config.shots, queries=config.queries)
+  """(train, validation, test) samplers of sinusoid tasks (or of `config.functions`)."""
+  eval_tasks = regression_tasks(config, config.eval_queries)
+  train_tasks = regression_tasks(config, config.queries)
   return train_tasks.sample, eval_tasks.sample, eval_tasks.sample
 
 
@@ -496,14 +507,43 @@ def baseline_config(config) -> config_dict.ConfigDict:
   return base
 
 
-def sinusoid_figure(config, path, runs) -> None:
-  """Draws one held-out sinusoid, its support points and each run's predictions."""
+def _figure_task(config):
+  """The held-out task the figures draw: `(sampler, parameters, support split, grid [200, 1])`."""
   rng = np.random.default_rng([config.seed, 99])
-  sampler = Sinusoid(shots=config.shots, queries=1)
-  amplitude, phase = sampler.tasks(rng, 1)
-  support = sampler.episodes_for(rng, amplitude, phase).support
+  sampler = regression_tasks(config, 1)
+  params = sampler.tasks(rng, 1)
+  support = sampler.episodes_for(rng, *params).support
   support = type(support)(*(a[0] for a in support))
-  x = np.linspace(-5, 5, 200, dtype=np.float32)[:, None]
+  return sampler, params, support, np.linspace(-5, 5, 200, dtype=np.float32)[:, None]
+
+
+def _figure_title(config, params) -> str:
+  functions = config.get("functions", "sine")
+  names = _TASK_PARAMETERS[functions]
+  values = ", ".join(f"{n}={float(v[0]):.2f}" for n, v in zip(names, params, strict=True))
+  return f"{functions}, {config.shots}-shot: {values}"
+
+
+def samples_figure(config, path, learner, theta) -> bool:
+  """Draws the functions a sampling learner's predictive mixes; False (nothing drawn) for one."""
+  sampler, params, support, x = _figure_task(config)
+  pred = learner.adapt(theta, support, jax.random.PRNGKey(0))(x)
+  if not hasattr(pred, "scale") or pred.mean.shape[0] < 2:
+    return False
+  plotting.plot_samples(
+    path,
+    x=x[:, 0],
+    truth=sampler.function(*(p[0] for p in params), x[:, 0]),
+    support=(support.x, support.y),
+    samples=np.asarray(pred.mean),
+    title=_figure_title(config, params),
+  )
+  return True
+
+
+def sinusoid_figure(config, path, runs) -> None:
+  """Draws one held-out task, its support points and each run's predictions."""
+  sampler, params, support, x = _figure_task(config)
   curves = {}
   key = jax.random.PRNGKey(0)
   for label, (learners, theta) in runs.items():
@@ -513,10 +553,10 @@ def sinusoid_figure(config, path, runs) -> None:
   plotting.plot_sinusoid(
     path,
     x=x[:, 0],
-    truth=Sinusoid.function(amplitude[0], phase[0], x[:, 0]),
+    truth=sampler.function(*(p[0] for p in params), x[:, 0]),
     support=(support.x, support.y),
     curves=curves,
-    title=f"sinusoid, {config.shots}-shot: A={amplitude[0]:.2f}, phase={phase[0]:.2f}",
+    title=_figure_title(config, params),
   )
 
 
@@ -611,6 +651,9 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     path = os.path.join(workdir, "sinusoid.png")
     sinusoid_figure(config, path, runs)
     print(f"wrote {os.path.join(workdir, 'eval.json')} and {path}", flush=True)
+    samples = os.path.join(workdir, "samples.png")  # with the run's own inner steps
+    if samples_figure(config, samples, build_learner(config), theta):
+      print(f"wrote {samples}", flush=True)
   return result.eval_summary
 
 
@@ -622,7 +665,7 @@ def example_task(config) -> ep.Episode:
       np.zeros((config.ways, size, size, 1), np.float32), np.arange(config.ways, dtype=np.int32)
     )
     return ep.Episode(split, split)
-  return core.task(Sinusoid(shots=config.shots, queries=1).sample(np.random.default_rng(0), 1), 0)
+  return core.task(regression_tasks(config, 1).sample(np.random.default_rng(0), 1), 0)
 
 
 def load_config(workdir: str) -> config_dict.ConfigDict:

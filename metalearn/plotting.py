@@ -89,6 +89,54 @@ def plot_sinusoid(
   plt.close(fig)
 
 
+def plot_samples(
+  path: str,
+  *,
+  x: np.ndarray,
+  truth: np.ndarray,
+  support: tuple[np.ndarray, np.ndarray],
+  samples: np.ndarray,
+  title: str = "",
+) -> None:
+  """A sampling learner's functions on one task (PLATIPUS's figure): truth, support, samples.
+
+  Args:
+    path: PNG to write.
+    x: `[m]` grid.
+    truth: `[m]` true function on the grid.
+    support: the K support points `(x [K], y [K])`.
+    samples: `[S, m]`, each sampled (adapted) function on the grid.
+    title: figure title.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.plot(x, truth, color="black", lw=2.5, label="ground truth")
+  for i, y in enumerate(np.asarray(samples)):
+    label = f"{len(samples)} sampled functions" if i == 0 else None
+    ax.plot(x, y, color="tab:blue", lw=1.0, alpha=0.6, label=label)
+  ax.scatter(
+    np.reshape(support[0], -1),
+    np.reshape(support[1], -1),
+    marker="^",
+    s=70,
+    color="tab:red",
+    zorder=5,
+    label=f"{np.size(support[0])} support points",
+  )
+  ax.set_xlabel("x")
+  ax.set_ylabel("y")
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=8, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_reliability(
   path: str,
   *,

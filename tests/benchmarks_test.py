@@ -1,5 +1,7 @@
 """Helpers of the benchmark scripts that do not measure anything themselves."""
 
+import numpy as np
+
 from benchmarks import imaml_memory
 
 
@@ -46,3 +48,17 @@ def test_step_flops_from_one_and_two_tasks_equals_the_unrolled_count():
   got = common.step_flops(learner, optimizer, state, batch)
   assert want > 0
   np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
+def test_ambiguity_tells_lines_from_sinusoids_and_flags_ambiguous_support_sets():
+  from benchmarks import ambiguity
+
+  grid = ambiguity.GRID
+  functions = np.stack([2.0 * grid - 1.0, 3.0 * np.sin(grid - 0.7), -0.5 * grid + 2.0])
+  line, sine = ambiguity.fit_rms(grid, functions)
+  np.testing.assert_allclose([line[0], line[2], sine[1]], 0.0, atol=1e-9)
+  assert (sine[[0, 2]] > 0.5).all() and line[1] > 0.5
+  np.testing.assert_array_equal(ambiguity.is_line_like(functions), [True, False, True])
+  x = np.array([[-4.0, -2.0, 0.0, 2.0, 4.0], [-4.0, -2.0, 0.0, 2.0, 4.0]])
+  y = np.stack([3.0 * x[0], np.full(5, 0.05)])  # a steep line; a flat one that sin/cos fit too
+  np.testing.assert_array_equal(ambiguity.is_ambiguous(x, y, noise=0.3), [False, True])

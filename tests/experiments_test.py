@@ -84,12 +84,15 @@ def test_every_method_smoke(tmp_path, method):
   with config.unlocked():
     config.baseline, config.num_steps = False, 6
   summary = train.train_and_evaluate(config, str(tmp_path))
-  want = {f"{name}@{k}" for name in ("mse",) for k in (0, 1, 10)}
+  assert set(config.eval_steps) >= {0, 1, 10}
+  want = {f"{name}@{k}" for name in ("mse",) for k in config.eval_steps}
   if method in algorithms.PROBABILISTIC:  # scored as distributions too
     names = ("mse", "loglik", "coverage_50", "coverage_90", "coverage_95")
-    want = {f"{name}@{k}" for name in names for k in (0, 1, 10)}
+    want = {f"{name}@{k}" for name in names for k in config.eval_steps}
   assert want == set(summary)
   assert all(v["n"] + v["nonfinite"] == config.num_eval_tasks for v in summary.values())
+  # A predictive that mixes sampled functions (PLATIPUS's) also gets their figure.
+  assert (tmp_path / "samples.png").exists() == (method == "platipus")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,12 @@ fomaml|reptile|metasgd|anil|metacurvature|pretrain|imaml`, whose hyperparameters
 are `--config.learner.<name>` (e.g. `:imaml --config.learner.lam=2`); shots:
 `--config.shots=5|10|20`. MAML with another inner optimizer: `:maml_adam`
 (Adam at inner_lr) or `:maml_lstm` (the LSTM optimizer, meta-learned with the
-initialisation); docs/learned_optimizers.md, "Inside MAML".
+initialisation); docs/learned_optimizers.md, "Inside MAML". PLATIPUS (`:platipus`)
+runs on its paper's ambiguous sinusoid-or-line tasks (`functions = "sine_line"`,
+5 shots, 3 x 100 hidden units, 5 inner steps at lr 0.001); MAML with a learned
+noise on the same tasks: `:llama --config.learner.laplace=False
+--config.functions=sine_line --config.shots=5 --config.hidden=100,100,100
+--config.learner.inner_steps=5 --config.learner.inner_lr=0.001`.
 
 Smoke variant (a few steps, for CI): `--config=experiments/configs/sinusoid.py:smoke`
 (or `:imaml,smoke`).
@@ -56,6 +61,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.eval_queries = 100
   c.meta_batch_size = 25
   c.hidden = (40, 40)
+  # "sine": the sinusoids above; "sine_line": PLATIPUS's ambiguous tasks, half
+  # noisy sinusoids and half noisy lines (metalearn.data.sinusoid.SineOrLine).
+  c.functions = "sine"
 
   c.outer_lr = 1e-3
   c.outer_lr_halve_every = 0  # > 0: halve outer_lr every this many meta-steps
@@ -69,6 +77,15 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # et al. (2016), meta-learned jointly with the initialisation.
     c.learner.inner_optimizer = inner_optimizer
   c.eval_steps = (0, 1, 10)
+  if method == "platipus":
+    # The ambiguous regression setting of Finn, Xu & Levine (2018), Sec. 5.1 (5 shots,
+    # noisy sinusoids and lines, 3 hidden layers of 100 units, 5 inner steps).
+    c.functions, c.shots, c.hidden = "sine_line", 5, (100, 100, 100)
+    c.learner.inner_steps = 5
+    # At the sinusoid's 0.01, 5 steps on this network diverge on the lines' larger targets
+    # (non-finite query loss on 12 of 25 tasks at initialisation); 0.001 stays finite.
+    c.learner.inner_lr = 0.001
+    c.eval_steps = (0, 1, 5, 10)
 
   c.num_val_tasks = 100
   c.num_eval_tasks = 1000

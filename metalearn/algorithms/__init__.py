@@ -6,6 +6,7 @@ from metalearn.algorithms.imaml import imaml
 from metalearn.algorithms.llama import llama
 from metalearn.algorithms.maml import anil, fomaml, maml, metacurvature, metasgd
 from metalearn.algorithms.matching import matching
+from metalearn.algorithms.platipus import platipus
 from metalearn.algorithms.pretrain import pretrain
 from metalearn.algorithms.protonet import protonet
 from metalearn.algorithms.relation import relation
@@ -33,11 +34,12 @@ REGISTRY = {
   "mtnet": mtnet,
   "warpgrad": warpgrad,
   "llama": llama,
+  "platipus": platipus,
 }
 CLASSIFICATION_ONLY = frozenset({"protonet", "matching", "relation"})
 # Their predictors return a `metalearn.probabilistic.Predictive` (a distribution), scored by
 # `evaluation.probabilistic_regression` instead of the point-prediction evaluators.
-PROBABILISTIC = frozenset({"llama"})
+PROBABILISTIC = frozenset({"llama", "platipus"})
 
 
 TASK_ARGUMENTS = ("objective", "ways")  # given by the task family, not the method's config
@@ -94,6 +96,7 @@ __all__ = [
   "metacurvature",
   "metasgd",
   "mtnet",
+  "platipus",
   "pretrain",
   "protonet",
   "relation",
