@@ -41,6 +41,35 @@ def adaptation_predictions(
   return out
 
 
+def _task_figure(path, x, truth, support, title, draw) -> None:
+  """One regression task's figure: the truth, what `draw(ax)` adds, the support points."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.plot(x, truth, color="black", lw=2.5, label="ground truth")
+  draw(ax)
+  ax.scatter(
+    np.reshape(support[0], -1),
+    np.reshape(support[1], -1),
+    marker="^",
+    s=70,
+    color="tab:red",
+    zorder=5,
+    label=f"{np.size(support[0])} support points",
+  )
+  ax.set_xlabel("x")
+  ax.set_ylabel("y")
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=8, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_sinusoid(
   path: str,
   *,
@@ -60,33 +89,13 @@ def plot_sinusoid(
     curves: label -> `[m]` predictions (e.g. "MAML, 1 step").
     title: figure title.
   """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.plot(x, truth, color="black", lw=2.5, label="ground truth")
   styles = ["--", "-", "-", ":", "-."]
-  for i, (label, y) in enumerate(curves.items()):
-    ax.plot(x, np.reshape(y, -1), styles[i % len(styles)], lw=1.6, label=label)
-  ax.scatter(
-    np.reshape(support[0], -1),
-    np.reshape(support[1], -1),
-    marker="^",
-    s=70,
-    color="tab:red",
-    zorder=5,
-    label=f"{np.size(support[0])} support points",
-  )
-  ax.set_xlabel("x")
-  ax.set_ylabel("y")
-  if title:
-    ax.set_title(title)
-  ax.legend(fontsize=8, loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+
+  def draw(ax):
+    for i, (label, y) in enumerate(curves.items()):
+      ax.plot(x, np.reshape(y, -1), styles[i % len(styles)], lw=1.6, label=label)
+
+  _task_figure(path, x, truth, support, title, draw)
 
 
 def plot_samples(
@@ -108,33 +117,13 @@ def plot_samples(
     samples: `[S, m]`, each sampled (adapted) function on the grid.
     title: figure title.
   """
-  import matplotlib
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  def draw(ax):
+    for i, y in enumerate(np.asarray(samples)):
+      label = f"{len(samples)} sampled functions" if i == 0 else None
+      ax.plot(x, y, color="tab:blue", lw=1.0, alpha=0.6, label=label)
 
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.plot(x, truth, color="black", lw=2.5, label="ground truth")
-  for i, y in enumerate(np.asarray(samples)):
-    label = f"{len(samples)} sampled functions" if i == 0 else None
-    ax.plot(x, y, color="tab:blue", lw=1.0, alpha=0.6, label=label)
-  ax.scatter(
-    np.reshape(support[0], -1),
-    np.reshape(support[1], -1),
-    marker="^",
-    s=70,
-    color="tab:red",
-    zorder=5,
-    label=f"{np.size(support[0])} support points",
-  )
-  ax.set_xlabel("x")
-  ax.set_ylabel("y")
-  if title:
-    ax.set_title(title)
-  ax.legend(fontsize=8, loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _task_figure(path, x, truth, support, title, draw)
 
 
 def plot_reliability(
