@@ -173,23 +173,20 @@ def platipus(
     noise = jnp.exp(theta["log_noise"])
     n = jnp.maximum(jnp.sum(query.mask), 1)
 
-    def nll(phi):
-      mean = model.apply(phi, query.x)[:, 0]
-      return (
-        -probabilistic.log_likelihood(
-          probabilistic.gaussian(mean, jnp.full_like(mean, noise)), query
-        )
-        / n
-      )
+    preds = jax.vmap(lambda p: model.apply(p, query.x))(phis)  # [S, m, 1], once per sample
 
-    nlls = jax.vmap(nll)(phis)
+    def nll(pred):
+      gauss = probabilistic.gaussian(pred[:, 0], jnp.full_like(pred[:, 0], noise))
+      return -probabilistic.log_likelihood(gauss, query) / n
+
+    nlls = jax.vmap(nll)(preds)
     kl = gaussian_kl(
       mu_q,
       _tree.tree_map(jnp.exp, theta["log_v_q"]),
       mu_p,
       _tree.tree_map(jnp.exp, theta["log_sigma"]),
     )
-    mse = jnp.mean(jax.vmap(lambda p: ep.mse(model.apply(p, query.x), query))(phis))
+    mse = jnp.mean(jax.vmap(lambda pred: ep.mse(pred, query))(preds))
     scales = [jnp.exp(s).ravel() for s in _tree.tree_leaves(theta["log_sigma"])]
     sigma = jnp.mean(jnp.concatenate(scales))
     metrics = {
