@@ -50,7 +50,7 @@ def baselines(config, env, tasks, key) -> dict[str, jax.Array]:
   """Total reward per trial `[T]` of each baseline on the tasks `[T, k]`."""
   keys = jax.random.split(key, tasks.means.shape[0])
   out = {}
-  for name, policy in bl.bandit_baselines(config.get("epsilon", 0.1)).items():
+  for name, policy in bl.bandit_baselines(config.get("epsilon", 0.1), config.num_pulls).items():
 
     def total(params, key, policy=policy):
       return bl.bandit_trial(policy, env, params, key, config.num_pulls).rewards.sum()

@@ -2,8 +2,9 @@ r"""The baselines of Duan et al. (2016), Tables 1 and 2, measured on the papers'
 
   python -m experiments.families.rl2_tables --out=docs/measurements/rl2_baselines_tables_cpu2.json
 
-Bandits: total reward per trial (n pulls) of random, Thompson sampling, UCB1
-(c = 2), epsilon-greedy (eps = 0.1) and greedy over (n, k) in {10, 100, 500} x
+Bandits: total reward per trial (n pulls) of random, the finite-horizon
+Gittins index, Thompson sampling, optimistic Thompson sampling, UCB1 (c = 2),
+epsilon-greedy (eps = 0.1) and greedy over (n, k) in {10, 100, 500} x
 {5, 10, 50}; tabular MDPs: total reward per trial (n episodes of 10 steps) of
 the random policy (simulated) and value iteration on the true MDP (exact
 expectation, an upper bound) for n in {10, 25, 50, 75, 100}. 1,000 tasks per
@@ -16,6 +17,7 @@ import argparse
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metalearn import core, training
@@ -52,18 +54,23 @@ def _tasks(env, num_tasks: int, seed: int):
 
 
 def bandit_table(num_tasks: int, seed: int) -> dict:
-  out = {}
+  out, tables = {}, {}  # tables: the Gittins indices per n
   for n, k in PAPER_BANDITS:
     env = bandits.BernoulliBandit(k)
     tasks = _tasks(env, num_tasks, seed)
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), num_tasks)
+    if n not in tables:
+      tables[n] = jnp.asarray(bl.gittins_indices(n))
+    policies = {name: (lambda _, pol=pol: pol) for name, pol in bl.bandit_baselines(0.1).items()}
+    policies["gittins"] = bl.gittins_policy  # the table is an argument of the jit, not a constant
     cell = {}
-    for name, policy in bl.bandit_baselines(0.1).items():
+    for name, make in policies.items():
 
-      def total(p, key, policy=policy, n=n, env=env):
-        return bl.bandit_trial(policy, env, p, key, n).rewards.sum()
+      def total(table, p, key, make=make, n=n, env=env):
+        return bl.bandit_trial(make(table), env, p, key, n).rewards.sum()
 
-      values = np.asarray(jax.jit(jax.vmap(total))(tasks, keys))
+      run = jax.jit(jax.vmap(total, in_axes=(None, 0, 0)))
+      values = np.asarray(run(tables[n], tasks, keys))
       cell[name] = core.summarize({"total_reward": values})["total_reward"]
     out[f"n={n},k={k}"] = cell
     print(f"bandit n={n} k={k}: " + ", ".join(f"{m} {s['mean']:.1f}" for m, s in cell.items()))
@@ -95,13 +102,22 @@ def markdown(result: dict) -> str:
     return f"{s['mean']:.1f} ± {s['ci95']:.1f}"
 
   lines = [
-    "| n, k | paper: " + " / ".join(PAPER_BANDIT_COLUMNS) + " | ours: Random | TS | UCB1 | "
-    "eps-greedy 0.1 | Greedy |",
-    "|---|---|---|---|---|---|---|",
+    "| n, k | paper: " + " / ".join(PAPER_BANDIT_COLUMNS) + " | ours: Random | Gittins | TS | "
+    "OTS | UCB1 | eps-greedy 0.1 | Greedy |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
+  names = (
+    "random",
+    "gittins",
+    "thompson",
+    "optimistic_thompson",
+    "ucb1",
+    "epsilon_greedy_0.1",
+    "greedy",
+  )
   for (n, k), paper in PAPER_BANDITS.items():
     c = result["bandits"][f"n={n},k={k}"]
-    ours = [c[m] for m in ("random", "thompson", "ucb1", "epsilon_greedy_0.1", "greedy")]
+    ours = [c[m] for m in names]
     lines.append(
       f"| {n}, {k} | {' / '.join(map(str, paper))} | " + " | ".join(map(fmt, ours)) + " |"
     )

@@ -113,6 +113,7 @@ def rl2(
   clip_epsilon: float = 0.2,
   entropy_coef: float = 0.01,
   value_coef: float = 0.5,
+  normalize_advantages: bool = False,
 ) -> MetaLearner:
   """RL² with a GRU policy trained by PPO's clipped objective with GAE.
 
@@ -126,6 +127,11 @@ def rl2(
     clip_epsilon: PPO's clip range eps.
     entropy_coef: c_H.
     value_coef: c_v.
+    normalize_advantages: standardise the GAE advantages over the trial's
+      steps (zero mean, unit deviation) in the policy term, as PPO
+      implementations do over a batch; the value target keeps the raw
+      advantages. Makes the policy term's scale independent of the trial's
+      return (about 6 at n = 10 pulls, 50-80 at n = 100).
 
   Returns:
     A `MetaLearner` on tasks `EnvParams`; `adapt` returns the `Trial`.
@@ -171,10 +177,14 @@ def rl2(
     trial = adapt(theta, env_params, key)
     values = jax.lax.stop_gradient(trial.values)
     advantages = gae(trial.rewards, values, gamma, gae_lambda)
+    policy_advantages = advantages
+    if normalize_advantages:
+      centred = advantages - jnp.mean(advantages)
+      policy_advantages = centred / (jnp.std(advantages) + 1e-8)
     log_pi = jax.nn.log_softmax(trial.logits)
     log_pi_a = jnp.take_along_axis(log_pi, trial.actions[:, None], axis=-1)[:, 0]
     ratios = jnp.exp(log_pi_a - jax.lax.stop_gradient(log_pi_a))
-    policy_loss = rlax.clipped_surrogate_pg_loss(ratios, advantages, clip_epsilon)
+    policy_loss = rlax.clipped_surrogate_pg_loss(ratios, policy_advantages, clip_epsilon)
     value_loss = jnp.mean(jnp.square(trial.values - (advantages + values)))
     entropy = -rlax.entropy_loss(trial.logits, jnp.ones_like(trial.rewards))
     loss = policy_loss + value_coef * value_loss - entropy_coef * entropy

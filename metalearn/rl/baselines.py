@@ -8,8 +8,15 @@ Bandits (`bandit_trial(policy, env, params, key, num_pulls)` runs one trial):
 - `thompson()`: Beta(1 + successes, 1 + failures) posterior per arm, pull the
   argmax of one draw from each (Thompson 1933; the Beta(1, 1) prior is the
   U[0, 1] distribution the arm means are drawn from).
+- `optimistic_thompson()`: Thompson sampling whose draws are raised to at
+  least the posterior mean (OTS, May et al. 2012).
 - `epsilon_greedy(eps)`: with probability eps a uniform arm, else the arm of
   highest empirical mean, untried arms first (eps = 0 is greedy).
+- `gittins(num_pulls)`: the finite-horizon Gittins index of each arm's
+  Beta posterior with the pulls left (`gittins_indices` computes the table,
+  `gittins_policy(table)` plays it; Gittins 1979, Niño-Mora 2011, Lattimore
+  2016): the arm whose one-armed problem against a known arm of rate
+  lambda is worth playing for the largest lambda.
 
 Tabular MDPs:
 
@@ -24,7 +31,11 @@ Batch over tasks with `jax.vmap`, e.g. `jax.vmap(lambda p, k: bandit_trial(ucb1(
 100))(params, keys)`.
 
 References: Auer, Cesa-Bianchi, Fischer 2002, "Finite-time analysis of the
-multiarmed bandit problem"; Thompson 1933; Sutton & Barto 2018 (Sec. 2.2-2.7,
+multiarmed bandit problem"; Thompson 1933; May, Korda, Lee, Leslie 2012,
+"Optimistic Bayesian sampling in contextual-bandit problems"; Gittins 1979,
+"Bandit processes and dynamic allocation indices"; Niño-Mora 2011,
+"Computing a classic index for finite-horizon bandits"; Lattimore 2016,
+"Regret analysis of the finite-horizon Gittins index strategy"; Sutton & Barto 2018 (Sec. 2.2-2.7,
 4.4); Duan et al. 2016, arXiv:1611.02779 (the baselines of Tables 1 and 2).
 """
 
@@ -35,6 +46,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metalearn.rl import bandits, tabular_mdp
 
@@ -82,6 +94,81 @@ def thompson(prior_a: float = 1.0, prior_b: float = 1.0) -> BanditPolicy:
   return policy
 
 
+def optimistic_thompson(prior_a: float = 1.0, prior_b: float = 1.0) -> BanditPolicy:
+  """OTS: each arm's Beta posterior draw, raised to at least its posterior mean (May et al.)."""
+
+  def policy(key, t, counts, successes):
+    draw_key, tie_key = jax.random.split(key)
+    a, b = prior_a + successes, prior_b + counts - successes
+    draws = jnp.maximum(jax.random.beta(draw_key, a, b), a / (a + b))
+    return _argmax_random_ties(tie_key, draws)
+
+  return policy
+
+
+def gittins_indices(
+  horizon: int, prior_a: float = 1.0, prior_b: float = 1.0, grid: int = 101
+) -> np.ndarray:
+  """Finite-horizon Gittins indices of a Beta-Bernoulli arm, `[horizon, horizon + 1, horizon + 1]`.
+
+  Entry `[m - 1, s, f]` is the index of an arm with `s` successes and `f`
+  failures when `m` pulls remain: the retirement rate lambda at which the
+  one-armed problem "pull this arm, or stop for good and earn lambda per
+  remaining pull" is indifferent about pulling once more,
+
+    Q_m(s, f; lambda) = mu - lambda + mu W_{m-1}(s + 1, f) + (1 - mu) W_{m-1}(s, f + 1) = 0,
+    W_m = max(0, Q_m),  W_0 = 0,  mu = (prior_a + s) / (prior_a + prior_b + s + f).
+
+  Q is solved by backward induction over m for `grid` evenly spaced lambdas in
+  [0, 1] at once (numpy, float64), and its root located by linear
+  interpolation between the two grid points that bracket it (Q is piecewise
+  linear in lambda). Entries with s, f <= horizon - m are computed (they hold
+  every state s + f <= horizon - m a trial of `horizon` pulls can reach); the
+  others are 0. With m = 1
+  the index is the posterior mean; it grows with m (the value of information).
+  Cost: about grid * horizon^3 / 3 operations (seconds at horizon 500).
+  """
+  if horizon < 1 or grid < 3:
+    raise ValueError(f"need horizon >= 1 and grid >= 3, got {horizon=}, {grid=}")
+  lam = np.linspace(0.0, 1.0, grid)[:, None, None]
+  table = np.zeros([horizon, horizon + 1, horizon + 1], np.float32)
+  w = np.zeros([grid, horizon + 1, horizon + 1])  # W_{m-1} over (s, f), s + f <= horizon - m + 1
+  for m in range(1, horizon + 1):
+    size = horizon - m + 1  # s, f in [0, size): s + f <= horizon - m
+    s = np.arange(size)[:, None]
+    f = np.arange(size)[None, :]
+    mu = (prior_a + s) / (prior_a + prior_b + s + f)
+    q = mu - lam + mu * w[:, 1 : size + 1, :size] + (1 - mu) * w[:, :size, 1 : size + 1]
+    last = np.clip(np.sum(q > 0, axis=0) - 1, 0, grid - 2)  # Q decreases in lambda
+    q_lo = np.take_along_axis(q, last[None], 0)[0]
+    q_hi = np.take_along_axis(q, last[None] + 1, 0)[0]
+    frac = np.clip(q_lo / np.maximum(q_lo - q_hi, 1e-12), 0.0, 1.0)
+    table[m - 1, :size, :size] = (last + frac) / (grid - 1)
+    w = np.maximum(q, 0.0)
+  return table
+
+
+def gittins_policy(table: jax.Array) -> BanditPolicy:
+  """Plays the arm of largest index `table[num_pulls - t - 1, s_a, f_a]` (`gittins_indices`).
+
+  The table may be a traced argument: pass it into `jax.jit` rather than
+  closing over it when it is large (horizon 500: 500 MB).
+  """
+  num_pulls = table.shape[0]
+
+  def policy(key, t, counts, successes):
+    s = successes.astype(jnp.int32)
+    f = (counts - successes).astype(jnp.int32)
+    return _argmax_random_ties(key, table[num_pulls - t - 1, s, f])
+
+  return policy
+
+
+def gittins(num_pulls: int, prior_a: float = 1.0, prior_b: float = 1.0) -> BanditPolicy:
+  """The finite-horizon Gittins index policy for trials of `num_pulls` pulls."""
+  return gittins_policy(jnp.asarray(gittins_indices(num_pulls, prior_a, prior_b)))
+
+
 def epsilon_greedy(epsilon: float = 0.1) -> BanditPolicy:
   """With probability epsilon a uniform arm, else the best empirical mean (untried arms first)."""
   if not 0.0 <= epsilon <= 1.0:
@@ -126,15 +213,23 @@ def bandit_trial(
   return BanditTrial(arms, rewards, regret)
 
 
-def bandit_baselines(epsilon: float = 0.1) -> dict[str, BanditPolicy]:
-  """The bandit table's baselines by name."""
-  return {
+def bandit_baselines(epsilon: float = 0.1, num_pulls: int | None = None) -> dict[str, BanditPolicy]:
+  """The bandit table's baselines by name; with `num_pulls`, also the Gittins index policy.
+
+  The Gittins policy closes over its index table (`num_pulls`^3 floats: fine for the
+  hundreds of pulls of the RL² tables; pass the table into `jax.jit` beyond that).
+  """
+  out = {
     "random": random_policy,
     "thompson": thompson(),
+    "optimistic_thompson": optimistic_thompson(),
     "ucb1": ucb1(),
     f"epsilon_greedy_{epsilon:g}": epsilon_greedy(epsilon),
     "greedy": epsilon_greedy(0.0),
   }
+  if num_pulls is not None:
+    out["gittins"] = gittins(num_pulls)
+  return out
 
 
 class Values(NamedTuple):

@@ -144,6 +144,38 @@ def test_loss_is_the_policy_gradient_with_gae_at_the_collecting_policy():
   )
 
 
+def test_normalized_advantages_standardise_the_policy_term_only():
+  env, _, _, params = _mdp_learner()
+  key = jax.random.PRNGKey(3)
+  plain = rl2_lib.rl2(env, num_episodes=2, hidden=8, entropy_coef=0.0, value_coef=0.5)
+  normed = rl2_lib.rl2(
+    env, num_episodes=2, hidden=8, entropy_coef=0.0, value_coef=0.5, normalize_advantages=True
+  )
+  theta = jax.tree_util.tree_map(lambda a: a + 0.05, plain.init(jax.random.PRNGKey(1), params))
+  _, m_plain = plain.meta_loss(theta, params, key)
+  loss, m_normed = normed.meta_loss(theta, params, key)
+  # Ratios are 1 at the collecting policy, so the clipped surrogate is -mean(A): zero once
+  # A is centred (and not zero before); the value term is unchanged.
+  assert abs(float(m_plain["policy_loss"])) > 1e-3
+  np.testing.assert_allclose(m_normed["policy_loss"], 0.0, atol=1e-6)
+  np.testing.assert_allclose(m_normed["value_loss"], m_plain["value_loss"], rtol=1e-6)
+  np.testing.assert_allclose(loss, 0.5 * m_plain["value_loss"], rtol=1e-5)
+
+  # Its gradient is that of -mean(log pi(a) * (A - mean A) / std A).
+  def surrogate(t):
+    trial = plain.adapt(t, params, key)
+    v = jax.lax.stop_gradient(trial.values)
+    adv = rl2_lib.gae(trial.rewards, v, 0.99, 0.3)
+    z = (adv - adv.mean()) / (adv.std() + 1e-8)
+    log_pi_a = jax.nn.log_softmax(trial.logits)[jnp.arange(6), trial.actions]
+    return -jnp.mean(log_pi_a * z) + 0.5 * jnp.mean((trial.values - (adv + v)) ** 2)
+
+  g = jax.grad(lambda t: normed.meta_loss(t, params, key)[0])(theta)
+  g_hand = jax.grad(surrogate)(theta)
+  for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_hand), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_meta_training_learns_to_exploit_within_a_trial():
   # Two arms, one pays always, the other never: a learned algorithm finds and keeps the good one.
   env = bandits.BernoulliBandit(num_arms=2)
