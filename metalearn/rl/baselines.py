@@ -41,6 +41,7 @@ multiarmed bandit problem"; Thompson 1933; May, Korda, Lee, Leslie 2012,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -83,27 +84,28 @@ def ucb1(c: float = 2.0) -> BanditPolicy:
   return policy
 
 
-def thompson(prior_a: float = 1.0, prior_b: float = 1.0) -> BanditPolicy:
-  """Beta-Bernoulli Thompson sampling with a Beta(prior_a, prior_b) prior per arm."""
+def thompson(
+  prior_a: float = 1.0, prior_b: float = 1.0, *, optimistic: bool = False
+) -> BanditPolicy:
+  """Beta-Bernoulli Thompson sampling with a Beta(prior_a, prior_b) prior per arm.
+
+  With `optimistic`, each draw is raised to at least its posterior mean (OTS, May et al.).
+  """
 
   def policy(key, t, counts, successes):
     draw_key, tie_key = jax.random.split(key)
-    draws = jax.random.beta(draw_key, prior_a + successes, prior_b + counts - successes)
+    a, b = prior_a + successes, prior_b + counts - successes
+    draws = jax.random.beta(draw_key, a, b)
+    if optimistic:
+      draws = jnp.maximum(draws, a / (a + b))
     return _argmax_random_ties(tie_key, draws)
 
   return policy
 
 
 def optimistic_thompson(prior_a: float = 1.0, prior_b: float = 1.0) -> BanditPolicy:
-  """OTS: each arm's Beta posterior draw, raised to at least its posterior mean (May et al.)."""
-
-  def policy(key, t, counts, successes):
-    draw_key, tie_key = jax.random.split(key)
-    a, b = prior_a + successes, prior_b + counts - successes
-    draws = jnp.maximum(jax.random.beta(draw_key, a, b), a / (a + b))
-    return _argmax_random_ties(tie_key, draws)
-
-  return policy
+  """OTS: `thompson(..., optimistic=True)`."""
+  return thompson(prior_a, prior_b, optimistic=True)
 
 
 def gittins_indices(
@@ -124,9 +126,8 @@ def gittins_indices(
   interpolation between the two grid points that bracket it (Q is piecewise
   linear in lambda). Entries with s, f <= horizon - m are computed (they hold
   every state s + f <= horizon - m a trial of `horizon` pulls can reach); the
-  others are 0. With m = 1
-  the index is the posterior mean; it grows with m (the value of information).
-  Cost: about grid * horizon^3 / 3 operations (seconds at horizon 500).
+  others are 0. With m = 1 the index is the posterior mean; it grows with m
+  (the value of information). Cost: about grid * horizon^3 / 3 operations.
   """
   if horizon < 1 or grid < 3:
     raise ValueError(f"need horizon >= 1 and grid >= 3, got {horizon=}, {grid=}")
@@ -164,8 +165,13 @@ def gittins_policy(table: jax.Array) -> BanditPolicy:
   return policy
 
 
+@functools.lru_cache(maxsize=8)
 def gittins(num_pulls: int, prior_a: float = 1.0, prior_b: float = 1.0) -> BanditPolicy:
-  """The finite-horizon Gittins index policy for trials of `num_pulls` pulls."""
+  """The finite-horizon Gittins index policy for trials of `num_pulls` pulls.
+
+  Cached: the index table is computed once per (num_pulls, prior), however
+  often the baselines are built (once per evaluation batch in the RL² runs).
+  """
   return gittins_policy(jnp.asarray(gittins_indices(num_pulls, prior_a, prior_b)))
 
 
